@@ -1,0 +1,37 @@
+//! Builds the eBPF programs (`sensor-ebpf`) for the BPF target with aya-build and leaves the
+//! object in `OUT_DIR/sensor`, where `sensor::load` embeds it.
+//!
+//! Needs the nightly toolchain with `rust-src` and `bpf-linker`: `cargo xtask setup` installs
+//! both. `AYA_BUILD_SKIP=1` skips the eBPF build for lint-only runs.
+
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|package| package.name.as_str() == "sensor-ebpf")
+        .ok_or_else(|| anyhow!("sensor-ebpf package not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("sensor-ebpf manifest has no parent directory"))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        // The machines carry one nightly (see KERNEL_AND_TOOLCHAIN.md); `cargo xtask setup`
+        // checks that it links the LLVM bpf-linker was built against.
+        Toolchain::default(),
+    )
+    .context(
+        "building the eBPF programs (run `cargo xtask setup` if rust-src or bpf-linker is missing)",
+    )
+}

@@ -1,0 +1,551 @@
+//! agentd's configuration: parsed from TOML ([`raw`]), then validated into [`Config`].
+//!
+//! Every mistake is reported with the file, line, column and the dotted path of the field, and
+//! nothing half-valid is ever returned: a configuration is accepted whole or refused whole.
+
+mod raw;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use globset::{GlobBuilder, GlobMatcher};
+use sensor_common::names::DEFAULT_RING_BYTES;
+use toml::Spanned;
+
+use self::raw::{RawAgent, RawConfig, RawSelector};
+
+/// The configuration used when agentd is started without `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+/// How the embedded default is named in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default configuration>";
+
+/// A configuration mistake, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or [`EMBEDDED_NAME`]).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Dotted path of the field, e.g. `agent[1].selectors[0].cgroup`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Whether processes outside every agent are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SensorMode {
+    /// Only agent processes (the default): everything else is filtered out in the kernel.
+    Agents,
+    /// Every process; those outside all agents are reported as unattributed.
+    Host,
+}
+
+/// How far an agent is trusted; containment and approval policies key on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TrustTier {
+    /// Untrusted or new agents (the default).
+    Low,
+    /// Agents with a track record.
+    Medium,
+    /// Agents trusted with sensitive operations.
+    High,
+}
+
+impl TrustTier {
+    /// The name used in configuration and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustTier::Low => "low",
+            TrustTier::Medium => "medium",
+            TrustTier::High => "high",
+        }
+    }
+}
+
+/// How a selector names an agent's processes.
+#[derive(Debug, Clone)]
+pub enum SelectorKind {
+    /// Processes in a cgroup whose path (relative to the cgroup v2 root, no leading `/`) matches
+    /// the glob. `*` stays within one path component, `**` spans several. A matching cgroup's
+    /// descendants belong to the agent too.
+    Cgroup {
+        /// The glob as written.
+        pattern: String,
+        /// The compiled glob.
+        matcher: GlobMatcher,
+    },
+    /// Processes running this file, bound by inode once its sha256 (if given) checks out.
+    Executable {
+        /// Absolute path.
+        path: PathBuf,
+        /// Expected SHA-256 of the file's contents.
+        sha256: Option<[u8; 32]>,
+    },
+    /// Processes with this real uid.
+    Uid(u32),
+    /// Processes with this real gid.
+    Gid(u32),
+}
+
+impl SelectorKind {
+    /// The selector type's name in records.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SelectorKind::Cgroup { .. } => "cgroup",
+            SelectorKind::Executable { .. } => "executable",
+            SelectorKind::Uid(_) => "uid",
+            SelectorKind::Gid(_) => "gid",
+        }
+    }
+
+    /// The selector's value in records.
+    pub fn value(&self) -> String {
+        match self {
+            SelectorKind::Cgroup { pattern, .. } => pattern.clone(),
+            SelectorKind::Executable { path, .. } => path.display().to_string(),
+            SelectorKind::Uid(uid) => uid.to_string(),
+            SelectorKind::Gid(gid) => gid.to_string(),
+        }
+    }
+}
+
+/// One agent identity.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The name (last segment of the SPIFFE id).
+    pub name: String,
+    /// `spiffe://<trust domain>/agent/<name>`.
+    pub spiffe_id: String,
+    /// Who answers for the agent.
+    pub owner: String,
+    /// What the agent is allowed to do, as declared.
+    pub scopes: Vec<String>,
+    /// Trust tier.
+    pub trust_tier: TrustTier,
+    /// The selectors, in the order written.
+    pub selectors: Vec<SelectorKind>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or [`EMBEDDED_NAME`]).
+    pub source: String,
+    /// SHA-256 of the file's bytes: names this configuration version in records.
+    pub sha256: [u8; 32],
+    /// Sensor mode.
+    pub mode: SensorMode,
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+    /// Where the JSON-lines event file goes.
+    pub events_path: PathBuf,
+    /// Also write events to standard output.
+    pub stdout: bool,
+    /// The SPIFFE trust domain of the agents.
+    pub trust_domain: String,
+    /// The agents.
+    pub agents: Vec<AgentSpec>,
+}
+
+/// Smallest ring buffer agentd accepts (two pages).
+const MIN_RING_BYTES: u64 = 8 << 10;
+/// Largest ring buffer agentd accepts.
+const MAX_RING_BYTES: u64 = 1 << 30;
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: format!("cannot read the file: {err}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME)
+            // The unit test `embedded_default_is_valid` guarantees this.
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Validates `text`, naming it `file` in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let (line, column) = match err.span() {
+                Some(span) => position(text, span.start),
+                None => (None, None),
+            };
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                field: String::new(),
+                message: err.message().trim_end().to_owned(),
+            }
+        })?;
+        Validator { text, file }.config(raw, text)
+    }
+}
+
+fn position(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (Some(line), Some(column))
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = position(self.text, span.start);
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
+        use sha2::Digest as _;
+
+        let mode = match &raw.sensor.mode {
+            None => SensorMode::Agents,
+            Some(mode) => match mode.get_ref().as_str() {
+                "agents" => SensorMode::Agents,
+                "host" => SensorMode::Host,
+                other => {
+                    return Err(self.error(
+                        mode.span(),
+                        "sensor.mode",
+                        format!("unknown mode {other:?}: expected \"agents\" or \"host\""),
+                    ));
+                }
+            },
+        };
+        let ring_buffer_bytes = match &raw.sensor.ring_buffer_bytes {
+            None => DEFAULT_RING_BYTES,
+            Some(bytes) => {
+                let value = *bytes.get_ref();
+                if !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&value) || !value.is_power_of_two() {
+                    return Err(self.error(
+                        bytes.span(),
+                        "sensor.ring_buffer_bytes",
+                        format!(
+                            "{value} is not a power of two between {MIN_RING_BYTES} and {MAX_RING_BYTES}"
+                        ),
+                    ));
+                }
+                value as u32
+            }
+        };
+        let events_path = match &raw.output.events {
+            None => PathBuf::from("/var/lib/custos/events.jsonl"),
+            Some(path) => {
+                let value = PathBuf::from(path.get_ref());
+                if !value.is_absolute() {
+                    return Err(self.error(
+                        path.span(),
+                        "output.events",
+                        "must be an absolute path",
+                    ));
+                }
+                value
+            }
+        };
+        let trust_domain = match &raw.identity.trust_domain {
+            None => "custos.local".to_owned(),
+            Some(domain) => {
+                let value = domain.get_ref();
+                let valid = !value.is_empty()
+                    && value.len() <= 255
+                    && value.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)
+                    });
+                if !valid {
+                    return Err(self.error(
+                        domain.span(),
+                        "identity.trust_domain",
+                        format!(
+                            "{value:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+                        ),
+                    ));
+                }
+                value.clone()
+            }
+        };
+
+        let mut agents = Vec::with_capacity(raw.agents.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // Selectors that name the same thing in two agents make attribution ambiguous.
+        let mut claimed: HashMap<String, String> = HashMap::new();
+        for (index, agent) in raw.agents.into_iter().enumerate() {
+            let span = agent.span();
+            let name_span = agent.get_ref().name.span();
+            let spec = self.agent(index, agent.into_inner(), &trust_domain)?;
+            if let Some(previous) = names.insert(spec.name.clone(), index) {
+                return Err(self.error(
+                    name_span,
+                    format!("agent[{index}].name"),
+                    format!(
+                        "agent name {:?} is already used by agent[{previous}]",
+                        spec.name
+                    ),
+                ));
+            }
+            for (s, selector) in spec.selectors.iter().enumerate() {
+                let key = format!("{}={}", selector.type_name(), selector.value());
+                if let Some(owner) = claimed.insert(key.clone(), spec.name.clone()) {
+                    return Err(self.error(
+                        span.clone(),
+                        format!("agent[{index}].selectors[{s}]"),
+                        format!(
+                            "selector {key} is also declared by agent {owner:?}: each process must belong to one agent"
+                        ),
+                    ));
+                }
+            }
+            agents.push(spec);
+        }
+
+        Ok(Config {
+            source: self.file.to_owned(),
+            sha256: sha2::Sha256::digest(text.as_bytes()).into(),
+            mode,
+            ring_buffer_bytes,
+            events_path,
+            stdout: raw.output.stdout.unwrap_or(false),
+            trust_domain,
+            agents,
+        })
+    }
+
+    fn agent(
+        &self,
+        index: usize,
+        raw: RawAgent,
+        trust_domain: &str,
+    ) -> Result<AgentSpec, ConfigError> {
+        let field = |name: &str| format!("agent[{index}].{name}");
+        let name = raw.name.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(self.error(
+                raw.name.span(),
+                field("name"),
+                format!("{name:?} is not a valid agent name (letters, digits, '.', '-', '_')"),
+            ));
+        }
+        let trust_tier = match &raw.trust_tier {
+            None => TrustTier::Low,
+            Some(tier) => {
+                match tier.get_ref().as_str() {
+                    "low" => TrustTier::Low,
+                    "medium" => TrustTier::Medium,
+                    "high" => TrustTier::High,
+                    other => {
+                        return Err(self.error(
+                        tier.span(),
+                        field("trust_tier"),
+                        format!("unknown trust tier {other:?}: expected \"low\", \"medium\" or \"high\""),
+                    ));
+                    }
+                }
+            }
+        };
+        let mut scopes = Vec::with_capacity(raw.scopes.len());
+        for (s, scope) in raw.scopes.iter().enumerate() {
+            let value = scope.get_ref();
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(self.error(
+                    scope.span(),
+                    format!("agent[{index}].scopes[{s}]"),
+                    format!("{value:?} is not a valid scope (non-empty, no spaces)"),
+                ));
+            }
+            scopes.push(value.clone());
+        }
+        if raw.selectors.is_empty() {
+            return Err(self.error(
+                raw.name.span(),
+                field("selectors"),
+                format!("agent {name:?} has no selectors: nothing could ever be attributed to it"),
+            ));
+        }
+        let mut selectors = Vec::with_capacity(raw.selectors.len());
+        for (s, selector) in raw.selectors.into_iter().enumerate() {
+            let span = selector.span();
+            selectors.push(self.selector(
+                &format!("agent[{index}].selectors[{s}]"),
+                selector.into_inner(),
+                span,
+            )?);
+        }
+        Ok(AgentSpec {
+            spiffe_id: format!("spiffe://{trust_domain}/agent/{name}"),
+            name: name.clone(),
+            owner: raw.owner.map(Spanned::into_inner).unwrap_or_default(),
+            scopes,
+            trust_tier,
+            selectors,
+        })
+    }
+
+    fn selector(
+        &self,
+        field: &str,
+        raw: RawSelector,
+        span: Range<usize>,
+    ) -> Result<SelectorKind, ConfigError> {
+        let kinds = [
+            raw.cgroup.is_some(),
+            raw.executable.is_some(),
+            raw.uid.is_some(),
+            raw.gid.is_some(),
+        ];
+        match kinds.iter().filter(|&&k| k).count() {
+            1 => {}
+            0 => {
+                return Err(self.error(
+                    span,
+                    field,
+                    "a selector needs one of `cgroup`, `executable`, `uid` or `gid`",
+                ));
+            }
+            _ => {
+                return Err(self.error(
+                    span,
+                    field,
+                    "a selector has exactly one of `cgroup`, `executable`, `uid` or `gid`; write two selectors to match either",
+                ));
+            }
+        }
+        if let (Some(sha), None) = (&raw.sha256, &raw.executable) {
+            return Err(self.error(
+                sha.span(),
+                format!("{field}.sha256"),
+                "`sha256` only goes with `executable`",
+            ));
+        }
+        if let Some(pattern) = raw.cgroup {
+            let value = pattern.get_ref().trim_start_matches('/').to_owned();
+            if value.is_empty() {
+                return Err(self.error(
+                    pattern.span(),
+                    format!("{field}.cgroup"),
+                    "empty cgroup pattern",
+                ));
+            }
+            let matcher = GlobBuilder::new(&value)
+                .literal_separator(true)
+                .build()
+                .map_err(|err| {
+                    self.error(
+                        pattern.span(),
+                        format!("{field}.cgroup"),
+                        format!("invalid glob: {}", err.kind()),
+                    )
+                })?
+                .compile_matcher();
+            return Ok(SelectorKind::Cgroup {
+                pattern: value,
+                matcher,
+            });
+        }
+        if let Some(path) = raw.executable {
+            let value = PathBuf::from(path.get_ref());
+            if !value.is_absolute() {
+                return Err(self.error(
+                    path.span(),
+                    format!("{field}.executable"),
+                    "must be an absolute path",
+                ));
+            }
+            let sha256 = match raw.sha256 {
+                None => None,
+                Some(sha) => {
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(sha.get_ref().trim(), &mut digest).map_err(|_| {
+                        self.error(
+                            sha.span(),
+                            format!("{field}.sha256"),
+                            "must be 64 hexadecimal digits (the output of `sha256sum`)",
+                        )
+                    })?;
+                    Some(digest)
+                }
+            };
+            return Ok(SelectorKind::Executable {
+                path: value,
+                sha256,
+            });
+        }
+        let id = |value: &Spanned<i64>, name: &str| -> Result<u32, ConfigError> {
+            u32::try_from(*value.get_ref())
+                .ok()
+                .filter(|&id| id != u32::MAX)
+                .ok_or_else(|| {
+                    self.error(
+                        value.span(),
+                        format!("{field}.{name}"),
+                        format!("{} is not a valid {name}", value.get_ref()),
+                    )
+                })
+        };
+        if let Some(uid) = &raw.uid {
+            return Ok(SelectorKind::Uid(id(uid, "uid")?));
+        }
+        let gid = raw.gid.as_ref().map(|gid| id(gid, "gid"));
+        match gid {
+            Some(gid) => Ok(SelectorKind::Gid(gid?)),
+            None => unreachable!("exactly one selector kind is present"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

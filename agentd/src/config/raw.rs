@@ -1,0 +1,67 @@
+//! The configuration file as written: serde structures that keep the position of every value
+//! that validation may need to point at.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub sensor: RawSensor,
+    pub output: RawOutput,
+    pub identity: RawIdentity,
+    #[serde(rename = "agent")]
+    pub agents: Vec<Spanned<RawAgent>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSensor {
+    pub mode: Option<Spanned<String>>,
+    pub ring_buffer_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOutput {
+    pub events: Option<Spanned<String>>,
+    pub stdout: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIdentity {
+    pub trust_domain: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub trust_tier: Option<Spanned<String>>,
+    #[serde(default)]
+    pub selectors: Vec<Spanned<RawSelector>>,
+}
+
+/// One selector: exactly one of `cgroup`, `executable`, `uid`, `gid` (and `sha256` only with
+/// `executable`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelector {
+    #[serde(default)]
+    pub cgroup: Option<Spanned<String>>,
+    #[serde(default)]
+    pub executable: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub uid: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub gid: Option<Spanned<i64>>,
+}

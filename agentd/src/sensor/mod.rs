@@ -1,0 +1,485 @@
+//! Loading and attaching the eBPF programs, and handing their maps to the rest of agentd.
+//!
+//! The object is built by `build.rs` and embedded. Loading resolves kernel struct offsets from
+//! BTF ([`btf`]), sizes the ring buffer, then loads and attaches every program of the table in
+//! [`PROGRAMS`]. Any refusal names the program, what it attaches to, and why.
+
+pub mod btf;
+pub mod decode;
+mod tracefs;
+
+pub use tracefs::tracefs_root;
+
+use std::{
+    fmt,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+};
+use sensor_common::{
+    config::SensorConfig,
+    event::InodeId,
+    identity::{AgentRef, Binding, ExeRule},
+    names::{self, programs as prog},
+};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
+
+/// What a program attaches to.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// A BTF-enabled tracepoint (`tp_btf/NAME`).
+    BtfTracepoint(&'static str),
+    /// Classic tracepoints in one category (one program may serve several).
+    Tracepoint(&'static str, &'static [&'static str]),
+    /// A cgroup socket-address hook, attached at the cgroup v2 root; the attach type comes from
+    /// the program's section.
+    CgroupSockAddr,
+}
+
+/// Every program and its hook. The order is the attach order: process hooks first, so no
+/// process escapes its binding while the rest attach.
+pub const PROGRAMS: &[(&str, Hook)] = &[
+    (prog::PROC_FORK, Hook::BtfTracepoint("sched_process_fork")),
+    (prog::PROC_EXEC, Hook::BtfTracepoint("sched_process_exec")),
+    (prog::PROC_EXIT, Hook::BtfTracepoint("sched_process_exit")),
+    (
+        prog::CGROUP_MKDIR,
+        Hook::Tracepoint("cgroup", &["cgroup_mkdir"]),
+    ),
+    (
+        prog::CGROUP_RMDIR,
+        Hook::Tracepoint("cgroup", &["cgroup_rmdir"]),
+    ),
+    (
+        prog::FILE_EXIT,
+        Hook::Tracepoint(
+            "syscalls",
+            &[
+                "sys_exit_open",
+                "sys_exit_openat",
+                "sys_exit_openat2",
+                "sys_exit_creat",
+                "sys_exit_unlink",
+                "sys_exit_unlinkat",
+                "sys_exit_rename",
+                "sys_exit_renameat",
+                "sys_exit_renameat2",
+            ],
+        ),
+    ),
+    (
+        prog::FILE_ENTER_OPEN,
+        Hook::Tracepoint("syscalls", &["sys_enter_open"]),
+    ),
+    (
+        prog::FILE_ENTER_OPENAT,
+        Hook::Tracepoint("syscalls", &["sys_enter_openat"]),
+    ),
+    (
+        prog::FILE_ENTER_OPENAT2,
+        Hook::Tracepoint("syscalls", &["sys_enter_openat2"]),
+    ),
+    (
+        prog::FILE_ENTER_CREAT,
+        Hook::Tracepoint("syscalls", &["sys_enter_creat"]),
+    ),
+    (
+        prog::FILE_ENTER_UNLINK,
+        Hook::Tracepoint("syscalls", &["sys_enter_unlink"]),
+    ),
+    (
+        prog::FILE_ENTER_UNLINKAT,
+        Hook::Tracepoint("syscalls", &["sys_enter_unlinkat"]),
+    ),
+    (
+        prog::FILE_ENTER_RENAME,
+        Hook::Tracepoint("syscalls", &["sys_enter_rename"]),
+    ),
+    (
+        prog::FILE_ENTER_RENAMEAT,
+        Hook::Tracepoint("syscalls", &["sys_enter_renameat"]),
+    ),
+    (
+        prog::FILE_ENTER_RENAMEAT2,
+        Hook::Tracepoint("syscalls", &["sys_enter_renameat2"]),
+    ),
+    (
+        prog::NET_CONNECT_EXIT,
+        Hook::Tracepoint("syscalls", &["sys_exit_connect"]),
+    ),
+    (prog::NET_CONNECT4, Hook::CgroupSockAddr),
+    (prog::NET_CONNECT6, Hook::CgroupSockAddr),
+    (prog::NET_SENDMSG4, Hook::CgroupSockAddr),
+    (prog::NET_SENDMSG6, Hook::CgroupSockAddr),
+    (
+        prog::NET_LISTEN_EXIT,
+        Hook::Tracepoint("syscalls", &["sys_exit_listen"]),
+    ),
+    (
+        prog::NET_LISTEN_ENTER,
+        Hook::Tracepoint("syscalls", &["sys_enter_listen"]),
+    ),
+    (
+        prog::NET_ACCEPT_EXIT,
+        Hook::Tracepoint("syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    ),
+];
+
+/// Why the sensor could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    /// BTF could not be read.
+    #[error("cannot read the kernel's BTF type information")]
+    Btf(#[source] btf::BtfError),
+    /// BTF lacks fields the programs need.
+    #[error("the kernel's BTF lacks fields the sensor reads: {}", .0.join(", "))]
+    MissingOffsets(Vec<&'static str>),
+    /// The object could not be parsed, or its maps created.
+    #[error("cannot load the eBPF object")]
+    Object(#[source] aya::EbpfError),
+    /// A program is missing from the object (a build problem).
+    #[error("program `{0}` is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A map is missing from the object, or has the wrong type.
+    #[error("map `{name}` is missing from the eBPF object or has an unexpected type")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The cause, if aya gave one.
+        #[source]
+        source: Option<aya::maps::MapError>,
+    },
+    /// The kernel refused to load or attach a program.
+    #[error("the kernel refused program `{program}` ({target}): {reason}")]
+    Program {
+        /// The program.
+        program: &'static str,
+        /// What it attaches to.
+        target: String,
+        /// What went wrong, with the verifier's last words when it spoke.
+        reason: String,
+    },
+    /// A tracepoint's record layout differs from what the programs read.
+    #[error("tracepoint {tracepoint} has an unexpected format: {detail}")]
+    TracepointFormat {
+        /// `category/name`.
+        tracepoint: String,
+        /// The difference.
+        detail: String,
+    },
+    /// The cgroup v2 root could not be opened.
+    #[error("cannot open the cgroup v2 root {path}")]
+    CgroupRoot {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SensorError {
+    /// What the operator can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            SensorError::Btf(_) | SensorError::MissingOffsets(_) => Some(
+                "agentd needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (/sys/kernel/btf/vmlinux)",
+            ),
+            SensorError::Program { .. } | SensorError::Object(_) => Some(
+                "agentd needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_NET_ADMIN); a kernel in \
+                 lockdown 'confidentiality' mode or an LSM policy can also refuse BPF programs",
+            ),
+            SensorError::MissingProgram(_) | SensorError::Map { .. } => {
+                Some("the embedded eBPF object does not match this agentd: rebuild it")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Load-time settings.
+pub struct LoadOptions<'a> {
+    /// Ring buffer size in bytes.
+    pub ring_bytes: u32,
+    /// The sensor's run-time settings.
+    pub config: SensorConfig,
+    /// The cgroup v2 mount point.
+    pub cgroup_root: &'a Path,
+}
+
+/// A program that is attached.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// Program name.
+    pub program: &'static str,
+    /// What it is attached to.
+    pub target: String,
+}
+
+/// The loaded and attached sensor. Dropping it detaches everything.
+pub struct Sensor {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+}
+
+/// The kernel maps agentd writes to bind identities.
+pub struct KernelMaps {
+    /// tgid → binding.
+    pub bindings: HashMap<MapData, u32, Binding>,
+    /// cgroup id → agent.
+    pub cgroup_agents: HashMap<MapData, u64, AgentRef>,
+    /// cgroup id → creation time, while unresolved.
+    pub cgroup_pending: HashMap<MapData, u64, u64>,
+    /// Executable inode → agent.
+    pub exe_agents: HashMap<MapData, InodeId, ExeRule>,
+    /// uid → agent.
+    pub uid_agents: HashMap<MapData, u32, AgentRef>,
+    /// gid → agent.
+    pub gid_agents: HashMap<MapData, u32, AgentRef>,
+}
+
+/// The sensor's output: the ring buffer and the loss counters.
+pub struct SensorOutput {
+    /// Every record.
+    pub events: RingBuf<MapData>,
+    /// Per-CPU loss counters.
+    pub loss: PerCpuArray<MapData, u64>,
+}
+
+impl fmt::Debug for Sensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sensor")
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+fn program_error(program: &'static str, target: String, err: ProgramError) -> SensorError {
+    let reason = match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            if tail.is_empty() {
+                format!("load failed: {io_error}")
+            } else {
+                format!(
+                    "load failed: {io_error}; verifier log (last lines):\n    {}",
+                    tail.join("\n    ")
+                )
+            }
+        }
+        other => {
+            let mut reason = other.to_string();
+            let mut source = std::error::Error::source(&other);
+            while let Some(cause) = source {
+                reason.push_str(": ");
+                reason.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            reason
+        }
+    };
+    SensorError::Program {
+        program,
+        target,
+        reason,
+    }
+}
+
+impl Sensor {
+    /// Loads the programs into the kernel and attaches every one of them.
+    pub fn load(options: &LoadOptions<'_>) -> Result<Self, SensorError> {
+        let vmlinux = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)).map_err(SensorError::Btf)?;
+        let (offsets, missing) = vmlinux.kernel_offsets();
+        if !missing.is_empty() {
+            return Err(SensorError::MissingOffsets(missing));
+        }
+        tracefs::check_cgroup_format()?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|err| {
+            SensorError::Btf(btf::BtfError::Read {
+                path: btf::VMLINUX_BTF.to_owned(),
+                source: std::io::Error::other(err.to_string()),
+            })
+        })?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(names::EVENTS, options.ring_bytes)
+            .load(OBJECT)
+            .map_err(SensorError::Object)?;
+
+        let mut config: Array<&mut MapData, SensorConfig> = ebpf
+            .map_mut(names::CONFIG)
+            .ok_or(SensorError::Map {
+                name: names::CONFIG,
+                source: None,
+            })?
+            .try_into()
+            .map_err(|source| SensorError::Map {
+                name: names::CONFIG,
+                source: Some(source),
+            })?;
+        config
+            .set(0, options.config, 0)
+            .map_err(|source| SensorError::Map {
+                name: names::CONFIG,
+                source: Some(source),
+            })?;
+
+        let cgroup = File::open(options.cgroup_root).map_err(|source| SensorError::CgroupRoot {
+            path: options.cgroup_root.to_owned(),
+            source,
+        })?;
+        let mut attached = Vec::new();
+        for &(name, hook) in PROGRAMS {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram(name))?;
+            match hook {
+                Hook::BtfTracepoint(tp) => {
+                    let target = format!("tp_btf/{tp}");
+                    let program: &mut BtfTracePoint = program
+                        .try_into()
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    program
+                        .load(tp, &aya_btf)
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    program
+                        .attach()
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    attached.push(Attached {
+                        program: name,
+                        target,
+                    });
+                }
+                Hook::Tracepoint(category, tracepoints) => {
+                    let program: &mut TracePoint = program.try_into().map_err(|err| {
+                        program_error(name, format!("tracepoint/{category}"), err)
+                    })?;
+                    program.load().map_err(|err| {
+                        program_error(name, format!("tracepoint/{category}"), err)
+                    })?;
+                    for tp in tracepoints {
+                        let target = format!("tracepoint/{category}/{tp}");
+                        program
+                            .attach(category, tp)
+                            .map_err(|err| program_error(name, target.clone(), err))?;
+                        attached.push(Attached {
+                            program: name,
+                            target,
+                        });
+                    }
+                }
+                Hook::CgroupSockAddr => {
+                    let target = format!("cgroup {} ({name})", options.cgroup_root.display());
+                    let program: &mut CgroupSockAddr = program
+                        .try_into()
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    program
+                        .load()
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    // A bpf_link attachment always coexists with other programs at the root (the
+                    // kernel rejects the BPF_F_ALLOW_MULTI flag on links, hence `Single`, which
+                    // passes no flag).
+                    program
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    attached.push(Attached {
+                        program: name,
+                        target,
+                    });
+                }
+            }
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    /// The attached programs and their targets.
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    fn take<T>(&mut self, name: &'static str) -> Result<T, SensorError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(SensorError::Map { name, source: None })?;
+        T::try_from(map).map_err(|source| SensorError::Map {
+            name,
+            source: Some(source),
+        })
+    }
+
+    /// Takes the identity maps (once).
+    pub fn take_maps(&mut self) -> Result<KernelMaps, SensorError> {
+        Ok(KernelMaps {
+            bindings: self.take(names::PROC_BINDINGS)?,
+            cgroup_agents: self.take(names::CGROUP_AGENTS)?,
+            cgroup_pending: self.take(names::CGROUP_PENDING)?,
+            exe_agents: self.take(names::EXE_AGENTS)?,
+            uid_agents: self.take(names::UID_AGENTS)?,
+            gid_agents: self.take(names::GID_AGENTS)?,
+        })
+    }
+
+    /// Takes the ring buffer and loss counters (once).
+    pub fn take_output(&mut self) -> Result<SensorOutput, SensorError> {
+        Ok(SensorOutput {
+            events: self.take(names::EVENTS)?,
+            loss: self.take(names::LOSS)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object holds every program of the table and every map named in
+    /// `sensor_common::names`: a drift between the two sides fails here, without root.
+    #[test]
+    fn object_has_every_program_and_map() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for (name, _) in PROGRAMS {
+            assert!(
+                object.programs.contains_key(*name),
+                "program {name} missing"
+            );
+        }
+        for name in [
+            names::EVENTS,
+            names::LOSS,
+            names::CONFIG,
+            names::PROC_BINDINGS,
+            names::CGROUP_AGENTS,
+            names::CGROUP_PENDING,
+            names::EXE_AGENTS,
+            names::UID_AGENTS,
+            names::GID_AGENTS,
+            names::FILE_PENDING,
+            names::NET_PENDING,
+            names::FILE_SCRATCH,
+        ] {
+            assert!(object.maps.contains_key(name), "map {name} missing");
+        }
+        assert_eq!(
+            object.programs.len(),
+            PROGRAMS.len(),
+            "a program in the object is not attached"
+        );
+    }
+}

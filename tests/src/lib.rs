@@ -1,0 +1,369 @@
+//! Harness for the privileged end-to-end tests: start the real agentd, put real processes in
+//! real cgroups, read the records agentd writes.
+//!
+//! These tests need root and a built agentd; `cargo xtask test` provides both (see
+//! `tests/README.md`). Helpers panic with context instead of returning errors, so a failing test
+//! shows where it failed.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader, Write},
+    os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The agentd binary under test: `$CUSTOS_AGENTD`, else the release build in this workspace.
+pub fn agentd_path() -> PathBuf {
+    match std::env::var_os("CUSTOS_AGENTD") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/release/agentd"
+        )),
+    }
+}
+
+/// The workload helper (`src/bin/workload.rs`), built next to the test binaries.
+pub fn workload_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Test binaries live in target/<profile>/deps; binaries one level up.
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join("custos-workload");
+    assert!(
+        path.exists(),
+        "{} missing: build with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A name no other test run uses: prefix, pid, counter.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The cgroup v2 mount point, from mountinfo.
+pub fn cgroup_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+/// A cgroup made for a test, removed (with its processes killed) when dropped.
+pub struct Cgroup {
+    path: PathBuf,
+    created: Vec<PathBuf>,
+    /// Path relative to the cgroup v2 root.
+    pub rel: String,
+}
+
+impl Cgroup {
+    /// Creates `rel` (and missing parents) under the cgroup v2 root.
+    pub fn create(rel: &str) -> Self {
+        let root = cgroup_root();
+        let mut created = Vec::new();
+        let mut path = root.clone();
+        for part in rel.split('/') {
+            path.push(part);
+            if !path.exists() {
+                std::fs::create_dir(&path)
+                    .unwrap_or_else(|err| panic!("mkdir {}: {err}", path.display()));
+                created.push(path.clone());
+            }
+        }
+        Self {
+            path,
+            created,
+            rel: rel.to_owned(),
+        }
+    }
+
+    /// The cgroup's id (its directory's inode number).
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.path).expect("cgroup dir").ino()
+    }
+
+    /// A command whose process moves itself into this cgroup between fork and exec.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs =
+            CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on
+        // memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for dir in self.created.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A running agentd writing its records into a private directory.
+pub struct Agentd {
+    child: Option<Child>,
+    events: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// How long agentd may take to start or stop.
+const AGENTD_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Agentd {
+    /// Starts agentd with configuration `config` (TOML) and waits until it reports ready.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Like [`Agentd::start`], with extra command-line arguments.
+    pub fn start_with(config: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("agentd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let events = dir.path().join("events.jsonl");
+        let child = Command::new(agentd_path())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--events")
+            .arg(&events)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", agentd_path().display()));
+        let mut agentd = Self {
+            child: Some(child),
+            events,
+            _dir: dir,
+        };
+        agentd.wait_for("agentd.start record", |r| r["kind"] == "agentd.start");
+        agentd
+    }
+
+    /// agentd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Every record written so far (a partial last line is skipped).
+    pub fn records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits until a record matches `pred`, and returns it.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + AGENTD_TIMEOUT;
+        loop {
+            if let Some(found) = self.records().into_iter().find(|r| pred(r)) {
+                return found;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("agentd exited ({status}) while waiting for {what}");
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; records so far:\n{}",
+                    dump(&self.records())
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to agentd.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Stops agentd with SIGINT, checks it exits cleanly, and returns every record.
+    pub fn stop(mut self) -> Vec<Value> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + AGENTD_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agentd did not stop within {AGENTD_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "agentd exited with {status}");
+        let records = self.records();
+        assert_eq!(
+            records.last().map(|r| r["kind"].clone()),
+            Some("agentd.stop".into()),
+            "last record"
+        );
+        records
+    }
+}
+
+impl Drop for Agentd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Records as text, for failure messages (long dumps are cut).
+pub fn dump(records: &[Value]) -> String {
+    let mut out: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    if out.len() > 60 {
+        let tail = out.split_off(out.len() - 40);
+        out.truncate(20);
+        out.push("...".into());
+        out.extend(tail);
+    }
+    out.join("\n")
+}
+
+/// The pid a record is about: the actor's (or, for agentd's own records, none).
+pub fn actor_pid(record: &Value) -> Option<u64> {
+    record["actor"]["process"]["pid"].as_u64()
+}
+
+/// Records whose actor is `pid`.
+pub fn by_pid(records: &[Value], pid: u32) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| actor_pid(r) == Some(pid as u64))
+        .collect()
+}
+
+/// The one record matching `pred`, or a panic listing the candidates.
+pub fn the<'a>(records: &[&'a Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
+    let found: Vec<&&Value> = records.iter().filter(|r| pred(r)).collect();
+    match found.as_slice() {
+        [one] => one,
+        [] => panic!(
+            "no record for {what}; records:\n{}",
+            dump(&records.iter().map(|r| (*r).clone()).collect::<Vec<_>>())
+        ),
+        many => panic!(
+            "{} records for {what}:\n{}",
+            many.len(),
+            dump(&many.iter().map(|r| (**r).clone()).collect::<Vec<_>>())
+        ),
+    }
+}
+
+/// A workload running in the background, talking over stdin/stdout.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Running {
+    /// Spawns `cmd` with piped stdin/stdout.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Reads one line of the workload's output.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read workload output");
+        line.trim().to_owned()
+    }
+
+    /// Releases a `wait-line` action.
+    pub fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("write to workload");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for the workload to exit; returns its exit code.
+    pub fn wait(mut self) -> i32 {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("wait workload");
+        status.code().unwrap_or(-1)
+    }
+}
+
+/// The start time of process `pid` in `CLOCK_BOOTTIME` nanoseconds (tick resolution), from
+/// `/proc/PID/stat`.
+pub fn proc_start_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let ticks: u64 = after
+        .split(' ')
+        .nth(19)
+        .expect("starttime")
+        .parse()
+        .expect("number");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    ticks * (1_000_000_000 / hz)
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask`: orchestration for Custos. Every command does its own set-up first.
+//!
+//! - `setup`: installs what a fresh machine lacks (nightly rust-src, bpf-linker) and mounts
+//!   bpffs and tracefs; idempotent.
+//! - `run`: builds agentd and runs it on the embedded default configuration, with a demo agent
+//!   process so events show at once.
+//! - `test`: the whole test suite: unit tests, then the privileged end-to-end tests.
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "xtask is a command-line tool"
+)]
+
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Custos development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker) and mount bpffs/tracefs.
+    Setup,
+    /// Build and run agentd on its embedded default configuration, printing events.
+    Run(run::Options),
+    /// Run the whole test suite, including the privileged end-to-end tests.
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Run(options) => run::run(options),
+        Command::Test(options) => test::run(options),
+    }
+}

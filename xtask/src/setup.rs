@@ -1,0 +1,143 @@
+//! `cargo xtask setup`: what a fresh machine needs before agentd can be built and tested.
+//!
+//! The recipe is the one verified in KERNEL_AND_TOOLCHAIN.md:
+//! 1. `rust-src` for the nightly toolchain (aya-build compiles `core` for the BPF target);
+//! 2. bpf-linker 0.13.0 linked against the LLVM the nightly rustc ships (a plain
+//!    `cargo install bpf-linker` wants a system LLVM the machines do not have);
+//! 3. bpffs and tracefs mounted (agentd mounts them too, but the tests read them).
+//!
+//! Every step checks first and does nothing when the machine is already set up.
+
+use std::{fs, os::unix::fs::symlink, path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, output};
+
+/// The bpf-linker release that links LLVM 22, as the nightly's rustc does.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    mounts()?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let Some(version) = output(Command::new("rustc").args(["+nightly", "--version"])) else {
+        bail!(
+            "setup: no nightly toolchain: the eBPF programs are built with nightly Rust.\n  \
+             hint: rustup toolchain install nightly --component rust-src"
+        );
+    };
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: rust-src for {version}: present");
+        return Ok(());
+    }
+    println!("setup: rust-src for {version}: installing");
+    util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("setup: cannot install rust-src for the nightly toolchain")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
+        if version.contains(BPF_LINKER_VERSION) {
+            println!("setup: {version}: present");
+            return Ok(());
+        }
+        println!("setup: {version} found, {BPF_LINKER_VERSION} wanted: reinstalling");
+    } else {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing (about a minute on 2 cores)");
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("setup: cannot ask the nightly rustc for its sysroot")?;
+    let lib = Path::new(&sysroot).join("lib");
+    // The nightly ships its LLVM as lib/libLLVM.so.<major>.<minor>-rust-<version>-nightly.
+    let llvm = fs::read_dir(&lib)
+        .with_context(|| format!("setup: cannot list {}", lib.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so.") && name.contains("-rust-"))
+        .with_context(|| {
+            format!(
+                "setup: no libLLVM.so.*-rust-* in {}: cannot link bpf-linker",
+                lib.display()
+            )
+        })?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("setup: cannot read the LLVM version from {llvm}"))?;
+    let prefix = util::workspace_root().join("target/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("setup: cannot create {}", prefix_lib.display()))?;
+    for name in ["libLLVM.so".to_owned(), llvm.clone()] {
+        let link = prefix_lib.join(&name);
+        let _ = fs::remove_file(&link);
+        symlink(lib.join(&llvm), &link)
+            .with_context(|| format!("setup: cannot link {}", link.display()))?;
+    }
+    println!(
+        "setup: linking bpf-linker against {} (LLVM {major})",
+        lib.join(&llvm).display()
+    );
+    util::run(
+        util::cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("setup: cannot build bpf-linker")
+}
+
+fn mounts() -> anyhow::Result<()> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = |fstype: &str, at: &str| {
+        mountinfo.lines().any(|line| {
+            let Some((left, right)) = line.split_once(" - ") else {
+                return false;
+            };
+            left.split(' ').nth(4) == Some(at) && right.split(' ').next() == Some(fstype)
+        })
+    };
+    for (fstype, at) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
+        if mounted(fstype, at) {
+            println!("setup: {fstype} at {at}: mounted");
+            continue;
+        }
+        if !util::is_root() {
+            println!(
+                "setup: {fstype} is not mounted at {at}; agentd mounts it when it starts as root"
+            );
+            continue;
+        }
+        println!("setup: mounting {fstype} at {at}");
+        fs::create_dir_all(at).ok();
+        util::run(Command::new("mount").args(["-t", fstype, fstype, at]))
+            .with_context(|| format!("setup: cannot mount {fstype} at {at}"))?;
+    }
+    Ok(())
+}
