@@ -83,6 +83,10 @@ pub fn run(config: Config, shutdown: &AtomicBool) -> Result<Stats, RunError> {
     })?;
     let maps = sensor.take_maps()?;
     let output = sensor.take_output()?;
+    // Loading parsed the kernel's BTF twice (several MB of small allocations, all freed now):
+    // hand that memory back to the system so the daemon's resident size reflects its real use.
+    // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
+    unsafe { libc::malloc_trim(0) };
     let identity = Identity::new(Registry::new(&config), host.cgroup_root.clone());
     let pipeline = Pipeline::start(&config, identity, maps, output, sensor.attached())?;
     let stats = pipeline.run(shutdown)?;

@@ -32,7 +32,7 @@ pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// Default ring buffer size in bytes (a power-of-two multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// Capacity of `PROC_BINDINGS`: live agent processes at once.
 pub const MAX_BOUND_PROCESSES: u32 = 65_536;
 /// Capacity of the cgroup, executable, uid and gid selector maps.

@@ -242,6 +242,11 @@ impl Agentd {
             thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "agentd exited with {status}");
+        // For debugging a test: CUSTOS_KEEP_EVENTS=DIR keeps a copy of every run's records.
+        if let Some(dir) = std::env::var_os("CUSTOS_KEEP_EVENTS") {
+            let copy = Path::new(&dir).join(format!("{}.jsonl", unique("events")));
+            let _ = std::fs::copy(&self.events, copy);
+        }
         let records = self.records();
         assert_eq!(
             records.last().map(|r| r["kind"].clone()),

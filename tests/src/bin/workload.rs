@@ -17,6 +17,7 @@
 //! | `sendto:ADDR` | UDP socket, `sendto(ADDR)` |
 //! | `listen-accept` | TCP listen on 127.0.0.1 (ephemeral), connect to itself, `accept` |
 //! | `spawn:N:PATH[:ARG...]` | run `PATH ARG...` N times, one after another (fork + exec + wait each) |
+//! | `open-rate:RATE:SECS:PATH` | `openat(PATH)` RATE times a second for SECS seconds (0 = flat out); prints the count |
 //! | `wait-line` | block until a line arrives on standard input |
 //! | `pid` | print this process's pid and flush |
 //! | `exec:PATH[:ARG...]` | replace this process with `PATH ARG...` |
@@ -201,6 +202,36 @@ fn act(action: &str) {
                     Err(err) => eprintln!("workload: {action}: {err}"),
                 }
             }
+        }
+        "open-rate" => {
+            let rate: u64 = arg(1).parse().expect("rate");
+            let secs: f64 = arg(2).parse().expect("seconds");
+            let path = cstr(arg(3));
+            let start = std::time::Instant::now();
+            let mut done: u64 = 0;
+            while start.elapsed().as_secs_f64() < secs {
+                // Batches of 64 calls, then sleep until the schedule catches up.
+                for _ in 0..64 {
+                    // SAFETY: a live NUL-terminated path.
+                    let fd = unsafe {
+                        libc::syscall(
+                            libc::SYS_openat,
+                            libc::AT_FDCWD,
+                            path.as_ptr(),
+                            libc::O_RDONLY,
+                        )
+                    };
+                    close(fd);
+                }
+                done += 64;
+                if rate > 0 {
+                    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            println!("{done}");
         }
         "wait-line" => {
             let mut line = String::new();
