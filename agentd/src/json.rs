@@ -10,31 +10,43 @@
 /// Largest integer JSON carries exactly (2^53 - 1).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// Which bytes need escaping in a JSON string: control characters, `"` and `\\`.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `s` as a canonical JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\x08' => b"\\b",
-            b'\x0c' => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
-        } else {
-            out.extend_from_slice(escape);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\x08' => out.extend_from_slice(b"\\b"),
+            b'\x0c' => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
         }
         start = i + 1;
     }
@@ -57,13 +69,29 @@ fn write_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-/// A JSON object under construction. Members may be added in any order; [`Obj::finish`] writes
-/// them sorted by key. Keys must be unique (checked in debug builds).
+use std::borrow::Cow;
+
+/// A member key: almost always a literal, occasionally built at run time.
+pub type Key = Cow<'static, str>;
+
+/// RFC 8785 member order: by UTF-16 code units (byte order when both keys are ASCII).
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// A JSON object under construction. Members may be added in any order; [`Obj::write_to`]
+/// writes them sorted by key. Keys must be unique (checked in debug builds).
 pub struct Obj {
     /// The members' encoded values, back to back.
     values: Vec<u8>,
     /// (key, start, end) of each member's value in `values`.
-    members: Vec<(&'static str, u32, u32)>,
+    members: Vec<(Key, u32, u32)>,
+    /// Whether every key is ASCII (then byte order is RFC 8785 order).
+    ascii: bool,
 }
 
 impl Default for Obj {
@@ -78,16 +106,19 @@ impl Obj {
         Self {
             values: Vec::with_capacity(256),
             members: Vec::with_capacity(24),
+            ascii: true,
         }
     }
 
-    fn push(&mut self, key: &'static str, start: usize) {
+    fn push(&mut self, key: impl Into<Key>, start: usize) {
+        let key = key.into();
+        self.ascii &= key.is_ascii();
         self.members
             .push((key, start as u32, self.values.len() as u32));
     }
 
     /// A string member.
-    pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
+    pub fn str(&mut self, key: impl Into<Key>, value: &str) -> &mut Self {
         let start = self.values.len();
         write_str(&mut self.values, value);
         self.push(key, start);
@@ -96,7 +127,7 @@ impl Obj {
 
     /// An unsigned integer member. Values above 2^53 - 1 are written as strings, which keeps
     /// them exact (callers use strings for 64-bit values anyway).
-    pub fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
+    pub fn u64(&mut self, key: impl Into<Key>, value: u64) -> &mut Self {
         let start = self.values.len();
         if value <= MAX_SAFE_INTEGER {
             write_u64(&mut self.values, value);
@@ -110,7 +141,8 @@ impl Obj {
     }
 
     /// A signed integer member (same range rule as [`Obj::u64`]).
-    pub fn i64(&mut self, key: &'static str, value: i64) -> &mut Self {
+    pub fn i64(&mut self, key: impl Into<Key>, value: i64) -> &mut Self {
+        let key = key.into();
         if value >= 0 {
             return self.u64(key, value as u64);
         }
@@ -128,7 +160,7 @@ impl Obj {
     }
 
     /// A 64-bit value as a decimal string (nanosecond times, inode numbers).
-    pub fn u64_str(&mut self, key: &'static str, value: u64) -> &mut Self {
+    pub fn u64_str(&mut self, key: impl Into<Key>, value: u64) -> &mut Self {
         let start = self.values.len();
         self.values.push(b'"');
         write_u64(&mut self.values, value);
@@ -138,7 +170,7 @@ impl Obj {
     }
 
     /// A boolean member.
-    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
+    pub fn bool(&mut self, key: impl Into<Key>, value: bool) -> &mut Self {
         let start = self.values.len();
         self.values
             .extend_from_slice(if value { b"true" } else { b"false" });
@@ -147,7 +179,7 @@ impl Obj {
     }
 
     /// A `null` member.
-    pub fn null(&mut self, key: &'static str) -> &mut Self {
+    pub fn null(&mut self, key: impl Into<Key>) -> &mut Self {
         let start = self.values.len();
         self.values.extend_from_slice(b"null");
         self.push(key, start);
@@ -155,14 +187,14 @@ impl Obj {
     }
 
     /// A nested object member, built by `build`.
-    pub fn obj(&mut self, key: &'static str, build: impl FnOnce(&mut Obj)) -> &mut Self {
+    pub fn obj(&mut self, key: impl Into<Key>, build: impl FnOnce(&mut Obj)) -> &mut Self {
         let mut child = Obj::new();
         build(&mut child);
         self.obj_value(key, &child)
     }
 
     /// A nested object member, already built.
-    pub fn obj_value(&mut self, key: &'static str, child: &Obj) -> &mut Self {
+    pub fn obj_value(&mut self, key: impl Into<Key>, child: &Obj) -> &mut Self {
         let start = self.values.len();
         child.write_to(&mut self.values);
         self.push(key, start);
@@ -172,7 +204,7 @@ impl Obj {
     /// An array of strings.
     pub fn strs<'a>(
         &mut self,
-        key: &'static str,
+        key: impl Into<Key>,
         values: impl IntoIterator<Item = &'a str>,
     ) -> &mut Self {
         let start = self.values.len();
@@ -191,7 +223,7 @@ impl Obj {
     /// An array of objects.
     pub fn objs<'a>(
         &mut self,
-        key: &'static str,
+        key: impl Into<Key>,
         values: impl IntoIterator<Item = &'a Obj>,
     ) -> &mut Self {
         let start = self.values.len();
@@ -208,7 +240,7 @@ impl Obj {
     }
 
     /// A member whose value is already canonical JSON (for example another record's bytes).
-    pub fn raw(&mut self, key: &'static str, json: &[u8]) -> &mut Self {
+    pub fn raw(&mut self, key: impl Into<Key>, json: &[u8]) -> &mut Self {
         let start = self.values.len();
         self.values.extend_from_slice(json);
         self.push(key, start);
@@ -217,30 +249,39 @@ impl Obj {
 
     /// Whether a member `key` was added.
     pub fn has(&self, key: &str) -> bool {
-        self.members.iter().any(|(k, _, _)| *k == key)
+        self.members.iter().any(|(k, _, _)| k == key)
     }
 
     /// Appends the object, members sorted by key, to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut order: Vec<usize> = (0..self.members.len()).collect();
         // RFC 8785 sorts by UTF-16 code units; keys here are ASCII, where that is byte order.
-        order.sort_unstable_by(|&a, &b| self.members[a].0.cmp(self.members[b].0));
+        if self.ascii {
+            order.sort_unstable_by(|&a, &b| {
+                self.members[a]
+                    .0
+                    .as_bytes()
+                    .cmp(self.members[b].0.as_bytes())
+            });
+        } else {
+            order.sort_unstable_by(|&a, &b| key_order(&self.members[a].0, &self.members[b].0));
+        }
         debug_assert!(
             order
                 .windows(2)
                 .all(|w| self.members[w[0]].0 != self.members[w[1]].0),
             "duplicate key in {:?}",
-            self.members.iter().map(|m| m.0).collect::<Vec<_>>()
+            self.members.iter().map(|m| &m.0).collect::<Vec<_>>()
         );
         out.push(b'{');
         for (i, &m) in order.iter().enumerate() {
-            let (key, start, end) = self.members[m];
+            let (key, start, end) = &self.members[m];
             if i > 0 {
                 out.push(b',');
             }
             write_str(out, key);
             out.push(b':');
-            out.extend_from_slice(&self.values[start as usize..end as usize]);
+            out.extend_from_slice(&self.values[*start as usize..*end as usize]);
         }
         out.push(b'}');
     }

@@ -32,6 +32,10 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Replace the log's signing key (the old key signs a rotation record in the log, and is
+    /// kept next to the new one as `<key>.retired-<id>`).
+    #[arg(long)]
+    rotate_key: bool,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -84,7 +88,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        config.events_path = events;
+        config.events_path = Some(events);
     }
     config.stdout |= cli.stdout;
     if cli.host_wide {
@@ -112,7 +116,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let flag = Arc::clone(&shutdown);
-        let mut daemon = tokio::task::spawn_blocking(move || agentd::run(config, &flag));
+        let options = agentd::RunOptions {
+            rotate_key: cli.rotate_key,
+        };
+        let mut daemon = tokio::task::spawn_blocking(move || agentd::run(config, options, &flag));
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|err| err.to_string())?;
         tokio::select! {
@@ -127,7 +134,7 @@ fn main() -> ExitCode {
         Ok(Ok(stats)) => {
             tracing::info!(
                 kernel_records = stats.kernel_records,
-                records = stats.records_written,
+                records = stats.records,
                 lost = stats.lost,
                 "agentd stopped"
             );

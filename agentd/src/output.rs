@@ -1,4 +1,5 @@
-//! Where records go: a JSON-lines file and, on request, standard output.
+//! The JSON-lines export of the log: every record the log commits, as one line, to a file and,
+//! on request, to standard output. The log is the source of truth; this is a convenience copy.
 //!
 //! The file is opened for appending with mode 0640 in a directory created with mode 0750: the
 //! records name processes, paths and peers, which are not for every local user to read.
@@ -24,7 +25,7 @@ pub struct SinkError {
 /// The JSON-lines output.
 pub struct EventSink {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: Option<BufWriter<File>>,
     stdout: Option<io::Stdout>,
     line: Vec<u8>,
 }
@@ -51,10 +52,20 @@ impl EventSink {
             .map_err(error)?;
         Ok(Self {
             path: path.to_owned(),
-            file: BufWriter::with_capacity(1 << 16, file),
+            file: Some(BufWriter::with_capacity(1 << 16, file)),
             stdout: stdout.then(io::stdout),
             line: Vec::with_capacity(1024),
         })
+    }
+
+    /// Standard output only.
+    pub fn stdout() -> Self {
+        Self {
+            path: PathBuf::from("<stdout>"),
+            file: None,
+            stdout: Some(io::stdout()),
+            line: Vec::with_capacity(1024),
+        }
     }
 
     /// Writes one record (its JSON bytes) as one line.
@@ -62,12 +73,12 @@ impl EventSink {
         self.line.clear();
         self.line.extend_from_slice(record);
         self.line.push(b'\n');
-        self.file
-            .write_all(&self.line)
-            .map_err(|source| SinkError {
+        if let Some(file) = &mut self.file {
+            file.write_all(&self.line).map_err(|source| SinkError {
                 path: self.path.clone(),
                 source,
             })?;
+        }
         if let Some(stdout) = &self.stdout {
             // A closed stdout (the reader went away) must not stop the file output.
             let _ = stdout.lock().write_all(&self.line);
@@ -80,10 +91,13 @@ impl EventSink {
         if let Some(stdout) = &self.stdout {
             let _ = stdout.lock().flush();
         }
-        self.file.flush().map_err(|source| SinkError {
-            path: self.path.clone(),
-            source,
-        })
+        match &mut self.file {
+            Some(file) => file.flush().map_err(|source| SinkError {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 }
 

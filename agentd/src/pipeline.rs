@@ -1,14 +1,15 @@
 //! The event pipeline: one thread that drains the ring buffer, attributes each record to its
-//! agent, keeps the identity maps current, and writes the records.
+//! agent, keeps the identity maps current, and appends every record to the signed log, which
+//! then feeds the exporters.
 //!
 //! It owns everything on the hot path, so nothing there takes a lock. It wakes when the ring
 //! buffer has data, when a watched executable changes, or every [`TICK`] to poll the loss
-//! counters and flush the output.
+//! counters, sign checkpoints and write heartbeats.
 
 use std::{
     os::fd::AsFd,
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -19,17 +20,18 @@ use sensor_common::{
 };
 
 use crate::{
-    config::{Config, SelectorKind, SensorMode},
+    config::{Config, LogSettings, SelectorKind, SensorMode},
     identity::{
         Identity, ProcessFacts, cgroups,
         maps::{IdentityMaps, MapWriteError},
         procscan,
     },
     json::Obj,
+    log::store::{Log, LogError, Recovery},
     loss::LossTracker,
     output::{EventSink, SinkError},
     process::{ProcessInfo, ProcessTable},
-    record::Records,
+    record::{Record, Records},
     sensor::{
         Attached, KernelMaps, SensorOutput,
         decode::{SensorEvent, bytes_of, decode, split_argv},
@@ -37,18 +39,25 @@ use crate::{
     watch::ExeWatcher,
 };
 
-/// How often the loss counters are polled and the output flushed, at most.
+/// How often the loss counters are polled and checkpoints considered, at most.
 pub const TICK: Duration = Duration::from_millis(250);
+/// Records handled between commits.
+const DRAIN_BATCH: usize = 4096;
+/// How often retention looks for segments to delete.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The output could not be written.
+    /// The JSON-lines export could not be written.
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// A kernel map refused an update.
     #[error(transparent)]
     Map(#[from] MapWriteError),
+    /// The log failed in a way agentd cannot continue from.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// Waiting for events failed.
     #[error("cannot wait for events")]
     Poll(#[source] nix::Error),
@@ -59,8 +68,8 @@ pub enum PipelineError {
 pub struct Stats {
     /// Records read from the kernel.
     pub kernel_records: u64,
-    /// Records written.
-    pub records_written: u64,
+    /// Records produced (appended to the log, or counted in an outage).
+    pub records: u64,
     /// Events lost in the kernel (sum of all loss records).
     pub lost: u64,
 }
@@ -71,14 +80,16 @@ struct Core {
     maps: KernelMaps,
     procs: ProcessTable,
     records: Records,
-    sink: EventSink,
+    log: Log,
+    settings: LogSettings,
+    export: Option<EventSink>,
     loss: LossTracker,
     loss_counters: aya::maps::PerCpuArray<MapData, u64>,
     watcher: ExeWatcher,
     mode: SensorMode,
     stats: Stats,
-    /// Reused for each record's bytes.
-    buf: Vec<u8>,
+    last_retention: Instant,
+    outage_logged: bool,
 }
 
 /// The running pipeline.
@@ -87,17 +98,43 @@ pub struct Pipeline {
     core: Core,
 }
 
+/// Inputs of [`Pipeline::start`].
+pub struct Parts<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// Identity state.
+    pub identity: Identity,
+    /// The identity maps.
+    pub maps: KernelMaps,
+    /// The ring buffer and loss counters.
+    pub output: SensorOutput,
+    /// The attached programs.
+    pub attached: &'a [Attached],
+    /// The opened log and what opening it repaired.
+    pub log: (Log, Recovery),
+    /// A key rotation to record first: (old signer, new signer).
+    pub rotation: Option<(crate::log::note::NoteSigner, crate::log::note::NoteSigner)>,
+}
+
 impl Pipeline {
-    /// Fills the identity maps, binds the processes already running, and writes the start
-    /// record. When this returns, every agent process is bound and every hook is live.
-    pub fn start(
-        config: &Config,
-        identity: Identity,
-        maps: KernelMaps,
-        output: SensorOutput,
-        attached: &[Attached],
-    ) -> Result<Self, PipelineError> {
-        let sink = EventSink::open(&config.events_path, config.stdout)?;
+    /// Records what the log's opening found, fills the identity maps, binds the processes
+    /// already running, and writes (and signs) the start record. When this returns, every agent
+    /// process is bound and every hook is live.
+    pub fn start(parts: Parts<'_>) -> Result<Self, PipelineError> {
+        let Parts {
+            config,
+            identity,
+            maps,
+            output,
+            attached,
+            log: (log, recovery),
+            rotation,
+        } = parts;
+        let export = match &config.events_path {
+            Some(path) => Some(EventSink::open(path, config.stdout)?),
+            None if config.stdout => Some(EventSink::stdout()),
+            None => None,
+        };
         let exe_paths: Vec<(u32, std::path::PathBuf)> = identity
             .registry()
             .selectors()
@@ -113,19 +150,28 @@ impl Pipeline {
             maps,
             procs: ProcessTable::default(),
             records: Records::new(),
-            sink,
+            log,
+            settings: config.log.clone(),
+            export,
             loss: LossTracker::default(),
             loss_counters: output.loss,
             watcher,
             mode: config.mode,
             stats: Stats::default(),
-            buf: Vec::with_capacity(4096),
+            last_retention: Instant::now(),
+            outage_logged: false,
         };
 
+        if !recovery.created {
+            core.recovery_record(&recovery);
+        }
+        if let Some((old, new)) = rotation {
+            core.rotate(old, new)?;
+        }
         let changes = core.identity.sync(&mut core.maps)?;
         for change in &changes {
             let record = core.records.identity(core.identity.registry(), change);
-            core.write(&record)?;
+            core.emit(record);
         }
         let running = procscan::scan();
         let bound = core.identity.bind_running(&mut core.maps, &running)?;
@@ -143,7 +189,331 @@ impl Pipeline {
                 });
             }
         }
+        let start = core.start_record(config, attached, bound.len());
+        core.emit(start);
+        core.commit()?;
+        core.sign()?;
+        core.flush_export()?;
+        tracing::info!(
+            programs = attached.len(),
+            agents = core.identity.registry().agents().count(),
+            processes_bound = bound.len(),
+            log = %config.log.dir.display(),
+            origin = core.log.origin(),
+            key = %core.log.signer().verifier(),
+            "agentd ready"
+        );
+        Ok(Self {
+            ring: output.events,
+            core,
+        })
+    }
 
+    /// Runs until `shutdown` is set, then drains what is left, writes the stop record and signs
+    /// a final checkpoint.
+    pub fn run(mut self, shutdown: &AtomicBool) -> Result<Stats, PipelineError> {
+        let mut last_tick = Instant::now();
+        loop {
+            let stopping = shutdown.load(Ordering::Relaxed);
+            self.wait()?;
+            self.drain()?;
+            self.core.commit()?;
+            // Checked on every wake-up, not only per tick, so records wait at most the interval.
+            if self.core.log.checkpoint_due() {
+                self.core.sign()?;
+            }
+            self.core.watcher.read();
+            if stopping || last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.core.tick()?;
+            }
+            if stopping {
+                break;
+            }
+        }
+        // Everything the kernel delivered before the stop is recorded.
+        while self.drain()? > 0 {
+            self.core.commit()?;
+        }
+        self.core.tick()?;
+        let stats = self.core.stats;
+        let mut detail = Obj::new();
+        detail
+            .u64("kernel_records", stats.kernel_records)
+            .u64("records", stats.records + 1)
+            .u64("lost", stats.lost);
+        let stop = self
+            .core
+            .records
+            .lifecycle("agentd.stop", 4, "Stop", &detail);
+        self.core.emit(stop);
+        self.core.commit()?;
+        self.core.sign()?;
+        self.core.flush_export()?;
+        Ok(self.core.stats)
+    }
+
+    /// Waits up to one tick for the ring buffer or the executable watch.
+    fn wait(&mut self) -> Result<(), PipelineError> {
+        let mut fds = vec![PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        if let Some(fd) = self.core.watcher.fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE),
+        ) {
+            Ok(_) | Err(nix::Error::EINTR) => Ok(()),
+            Err(err) => Err(PipelineError::Poll(err)),
+        }
+    }
+
+    /// Handles the records in the ring buffer, at most [`DRAIN_BATCH`] before the caller
+    /// commits them: under a sustained flood the ring never empties, and staged records must
+    /// neither pile up in memory nor wait for their checkpoint.
+    fn drain(&mut self) -> Result<usize, PipelineError> {
+        let mut handled = 0;
+        while handled < DRAIN_BATCH
+            && let Some(item) = self.ring.next()
+        {
+            handled += 1;
+            self.core.stats.kernel_records += 1;
+            match decode(&item) {
+                Ok(event) => {
+                    drop(item);
+                    self.core.handle(event)?;
+                }
+                Err(err) => {
+                    let record = self.core.records.decode_error(&err.to_string(), item.len());
+                    drop(item);
+                    self.core.emit(record);
+                }
+            }
+        }
+        Ok(handled)
+    }
+}
+
+impl Core {
+    /// Hands a record to the log (never fails: during an outage the log counts it).
+    fn emit(&mut self, mut record: Record) {
+        self.stats.records += 1;
+        self.log.stage(&mut record.obj, record.kind);
+    }
+
+    /// Writes the staged records and exports the ones that were written.
+    fn commit(&mut self) -> Result<(), PipelineError> {
+        match self.log.commit() {
+            Ok(()) => {
+                if let Some(export) = &mut self.export {
+                    for committed in self.log.committed() {
+                        export.write(committed.leaf)?;
+                    }
+                }
+                Ok(())
+            }
+            Err(LogError::Outage(err)) => {
+                if !self.outage_logged {
+                    // Enforcement and the sensor carry on; what cannot be written is counted
+                    // and reported when writing works again.
+                    tracing::error!(%err, "cannot write the log; counting records until it works again");
+                    self.outage_logged = true;
+                }
+                Ok(())
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Signs a checkpoint; a disk that cannot take it is reported, not fatal (the next attempt
+    /// signs the same records).
+    fn sign(&mut self) -> Result<(), PipelineError> {
+        match self.log.checkpoint() {
+            Ok(_) => Ok(()),
+            Err(LogError::Sign(err)) => {
+                if !self.outage_logged {
+                    tracing::error!(%err, "cannot write a checkpoint; retrying");
+                    self.outage_logged = true;
+                }
+                Ok(())
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn flush_export(&mut self) -> Result<(), PipelineError> {
+        if let Some(export) = &mut self.export {
+            export.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Periodic work: loss counters, settled executable changes, outage recovery, heartbeats,
+    /// checkpoints, retention, clock, flush.
+    fn tick(&mut self) -> Result<(), PipelineError> {
+        for loss in self.loss.poll(&self.loss_counters) {
+            self.stats.lost += loss.count;
+            tracing::warn!(
+                what = loss.what,
+                count = loss.count,
+                total = loss.total,
+                "the kernel dropped records"
+            );
+            let record = self.records.loss(loss.what, loss.count, loss.total);
+            self.emit(record);
+        }
+        for selector in self.watcher.settled() {
+            let change = self.identity.check_exe(&mut self.maps, selector)?;
+            let record = self.records.identity(self.identity.registry(), &change);
+            self.emit(record);
+        }
+        self.commit()?;
+        self.try_resume();
+        if self.log.outage().is_none() && self.log.idle_for() >= self.settings.heartbeat {
+            let mut detail = Obj::new();
+            detail
+                .u64("size", self.log.size())
+                .u64("processes", self.procs.len() as u64);
+            let record = self.records.log_event("log.heartbeat", 1, &detail);
+            self.emit(record);
+            self.commit()?;
+        }
+        if self.log.checkpoint_due() {
+            self.sign()?;
+        }
+        // Size limits matter when a segment closes; age limits are checked once a minute.
+        if self.log.take_rolled() || self.last_retention.elapsed() >= RETENTION_EVERY {
+            self.last_retention = Instant::now();
+            self.retention()?;
+        }
+        self.records.refresh_clock();
+        self.flush_export()
+    }
+
+    /// During an outage, tries to write the record that ends it.
+    fn try_resume(&mut self) {
+        let Some(outage) = self.log.outage() else {
+            return;
+        };
+        let mut detail = Obj::new();
+        let since = outage
+            .since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut dropped = Obj::new();
+        let mut total = 0;
+        for (kind, count) in &outage.dropped {
+            total += count;
+            dropped.u64(kind.clone(), *count);
+        }
+        detail
+            .u64("started", since.as_millis() as u64)
+            .u64(
+                "ended",
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+            )
+            .str("error", &outage.error)
+            .u64("records_not_written", total)
+            .obj_value("not_written_by_kind", &dropped);
+        let mut record = self.records.log_event("log.outage", 4, &detail);
+        if self.log.resume(&mut record.obj) {
+            tracing::warn!(
+                records_not_written = total,
+                "the log is writable again; the outage is recorded"
+            );
+            self.outage_logged = false;
+            if let Some(export) = &mut self.export {
+                for committed in self.log.committed() {
+                    let _ = export.write(committed.leaf);
+                }
+            }
+        }
+    }
+
+    /// Deletes signed segments past the retention limits, recording what went.
+    fn retention(&mut self) -> Result<(), PipelineError> {
+        let prunable = self.log.prunable();
+        let Some(last) = prunable.last() else {
+            return Ok(());
+        };
+        let base = self.log.prune(last)?;
+        let mut detail = Obj::new();
+        detail
+            .u64("segments", prunable.len() as u64)
+            .u64("first_retained_seq", base.size())
+            .str("base_root", &hex::encode(base.root()));
+        let record = self.records.log_event("log.prune", 1, &detail);
+        self.emit(record);
+        self.commit()
+    }
+
+    fn recovery_record(&mut self, recovery: &Recovery) {
+        let last_kind = recovery
+            .last_leaf
+            .as_deref()
+            .and_then(|leaf| serde_json::from_slice::<serde_json::Value>(leaf).ok())
+            .and_then(|v| v["kind"].as_str().map(str::to_owned));
+        let clean = last_kind.as_deref() == Some("agentd.stop")
+            && recovery.checkpoint_size == recovery.size
+            && !recovery.repaired();
+        let mut detail = Obj::new();
+        detail
+            .str("previous_run", if clean { "clean" } else { "unclean" })
+            .u64("size", recovery.size)
+            .u64("signed_size", recovery.checkpoint_size)
+            .u64("unsigned_leaves", recovery.size - recovery.checkpoint_size)
+            .u64("torn_bytes_removed", recovery.torn_bytes)
+            .u64("index_entries_repaired", recovery.index_repaired)
+            .u64("checkpoint_bytes_removed", recovery.checkpoint_torn_bytes);
+        if let Some(reason) = &recovery.torn_reason {
+            detail.str("torn_reason", reason);
+        }
+        if !clean {
+            tracing::warn!(
+                torn_bytes = recovery.torn_bytes,
+                unsigned_leaves = recovery.size - recovery.checkpoint_size,
+                "the previous run did not stop cleanly; the log was checked and repaired"
+            );
+        }
+        let record = self
+            .records
+            .log_event("log.recovery", if clean { 1 } else { 3 }, &detail);
+        self.emit(record);
+    }
+
+    /// Records a key rotation, signed by the old key, and signs from then on with the new one.
+    fn rotate(
+        &mut self,
+        old: crate::log::note::NoteSigner,
+        new: crate::log::note::NoteSigner,
+    ) -> Result<(), PipelineError> {
+        use base64::Engine as _;
+        let statement = crate::log::verify::rotation_statement(self.log.origin(), &new.verifier());
+        let signature = old.sign_bytes(statement.as_bytes());
+        let mut rotation = Obj::new();
+        rotation
+            .str("old_key", &old.verifier().to_string())
+            .str("new_key", &new.verifier().to_string())
+            .str(
+                "signature",
+                &base64::engine::general_purpose::STANDARD.encode(signature),
+            );
+        let mut detail = Obj::new();
+        detail.str("statement", &statement);
+        let mut record = self.records.log_event("log.key_rotation", 3, &detail);
+        record.obj.obj_value("rotation", &rotation);
+        self.emit(record);
+        self.commit()?;
+        self.log.set_signer(new);
+        self.sign()?;
+        tracing::warn!(old = %old.verifier(), new = %self.log.signer().verifier(), "log signing key rotated");
+        Ok(())
+    }
+
+    fn start_record(&self, config: &Config, attached: &[Attached], bound: usize) -> Record {
         let mut detail = Obj::new();
         detail
             .obj("config", |c| {
@@ -158,7 +528,12 @@ impl Pipeline {
                 },
             )
             .u64("ring_buffer_bytes", config.ring_buffer_bytes as u64)
-            .u64("processes_bound_at_start", bound.len() as u64);
+            .u64("processes_bound_at_start", bound as u64)
+            .obj("log", |l| {
+                l.str("origin", self.log.origin())
+                    .str("key", &self.log.signer().verifier().to_string())
+                    .u64("size", self.log.next_seq());
+            });
         let programs: Vec<Obj> = attached
             .iter()
             .map(|a| {
@@ -168,7 +543,7 @@ impl Pipeline {
             })
             .collect();
         detail.objs("programs", &programs);
-        let agents: Vec<Obj> = core
+        let agents: Vec<Obj> = self
             .identity
             .registry()
             .agents()
@@ -193,117 +568,7 @@ impl Pipeline {
             })
             .collect();
         detail.objs("agents", &agents);
-        let start = core.records.lifecycle("agentd.start", 3, "Start", &detail);
-        core.write(&start)?;
-        core.sink.flush()?;
-        tracing::info!(
-            programs = attached.len(),
-            agents = core.identity.registry().agents().count(),
-            processes_bound = bound.len(),
-            events = %config.events_path.display(),
-            "agentd ready"
-        );
-        Ok(Self {
-            ring: output.events,
-            core,
-        })
-    }
-
-    /// Runs until `shutdown` is set, then drains what is left and writes the stop record.
-    pub fn run(mut self, shutdown: &AtomicBool) -> Result<Stats, PipelineError> {
-        let mut last_tick = Instant::now();
-        loop {
-            let stopping = shutdown.load(Ordering::Relaxed);
-            self.wait()?;
-            self.drain()?;
-            self.core.watcher.read();
-            if stopping || last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                self.core.tick()?;
-            }
-            if stopping {
-                break;
-            }
-        }
-        let stats = self.core.stats;
-        let mut detail = Obj::new();
-        detail
-            .u64("kernel_records", stats.kernel_records)
-            .u64("records_written", stats.records_written + 1)
-            .u64("lost", stats.lost);
-        let stop = self
-            .core
-            .records
-            .lifecycle("agentd.stop", 4, "Stop", &detail);
-        self.core.write(&stop)?;
-        self.core.sink.flush()?;
-        Ok(self.core.stats)
-    }
-
-    /// Waits up to one tick for the ring buffer or the executable watch.
-    fn wait(&mut self) -> Result<(), PipelineError> {
-        let mut fds = vec![PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
-        if let Some(fd) = self.core.watcher.fd() {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE),
-        ) {
-            Ok(_) | Err(nix::Error::EINTR) => Ok(()),
-            Err(err) => Err(PipelineError::Poll(err)),
-        }
-    }
-
-    /// Handles every record in the ring buffer.
-    fn drain(&mut self) -> Result<(), PipelineError> {
-        while let Some(item) = self.ring.next() {
-            self.core.stats.kernel_records += 1;
-            match decode(&item) {
-                Ok(event) => {
-                    drop(item);
-                    self.core.handle(event)?;
-                }
-                Err(err) => {
-                    let record = self.core.records.decode_error(&err.to_string(), item.len());
-                    drop(item);
-                    self.core.write(&record)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Core {
-    fn write(&mut self, record: &Obj) -> Result<(), SinkError> {
-        self.stats.records_written += 1;
-        self.buf.clear();
-        record.write_to(&mut self.buf);
-        self.sink.write(&self.buf)
-    }
-
-    /// Periodic work: loss counters, settled executable changes, clock, flush.
-    fn tick(&mut self) -> Result<(), PipelineError> {
-        for loss in self.loss.poll(&self.loss_counters) {
-            self.stats.lost += loss.count;
-            tracing::warn!(
-                what = loss.what,
-                count = loss.count,
-                total = loss.total,
-                "the kernel dropped records"
-            );
-            let record = self.records.loss(loss.what, loss.count, loss.total);
-            self.write(&record)?;
-        }
-        for selector in self.watcher.settled() {
-            let change = self.identity.check_exe(&mut self.maps, selector)?;
-            let record = self.records.identity(self.identity.registry(), &change);
-            self.write(&record)?;
-        }
-        self.records.refresh_clock();
-        self.sink.flush()?;
-        Ok(())
+        self.records.lifecycle("agentd.start", 3, "Start", &detail)
     }
 
     fn handle(&mut self, mut event: SensorEvent) -> Result<(), PipelineError> {
@@ -316,7 +581,7 @@ impl Core {
             };
             if let Some(change) = change {
                 let record = self.records.identity(self.identity.registry(), &change);
-                self.write(&record)?;
+                self.emit(record);
             }
             return Ok(());
         }
@@ -370,7 +635,7 @@ impl Core {
             SensorEvent::Net(ev) => self.records.net(registry, &self.procs, ev),
             SensorEvent::Cgroup(_) => return Ok(()),
         };
-        self.write(&record)?;
+        self.emit(record);
         Ok(())
     }
 

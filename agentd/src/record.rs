@@ -185,6 +185,14 @@ const BASE_EVENT: Class = Class {
     category_name: "Uncategorized",
 };
 
+/// A record and its kind (the log counts records it could not write by kind).
+pub struct Record {
+    /// The `kind` member's value.
+    pub kind: &'static str,
+    /// The record.
+    pub obj: Obj,
+}
+
 /// `"<pid>:<start_ns>"`: a process named without pid-reuse ambiguity.
 pub fn process_uid(pid: u32, start_ns: u64) -> String {
     format!("{pid}:{start_ns}")
@@ -348,7 +356,7 @@ impl Records {
         registry: &Registry,
         procs: &ProcessTable,
         hdr: &EventHeader,
-        kind: &str,
+        kind: &'static str,
         class: &Class,
         activity_id: u32,
         activity: &str,
@@ -373,7 +381,7 @@ impl Records {
         procs: &ProcessTable,
         ev: &ExecEvent,
         previous: Option<&ProcessInfo>,
-    ) -> Obj {
+    ) -> Record {
         let hdr = &ev.hdr;
         let mut obj = self.base(
             "process.exec",
@@ -433,11 +441,14 @@ impl Records {
                 p.bool("exe_changed", true);
             }
         });
-        obj
+        Record {
+            kind: "process.exec",
+            obj,
+        }
     }
 
     /// `process.fork`.
-    pub fn fork(&self, registry: &Registry, procs: &ProcessTable, ev: &ForkEvent) -> Obj {
+    pub fn fork(&self, registry: &Registry, procs: &ProcessTable, ev: &ForkEvent) -> Record {
         let mut obj = self.activity(
             registry,
             procs,
@@ -457,11 +468,14 @@ impl Records {
                         .str("uid", &process_uid(ev.hdr.tgid, ev.hdr.start_ns));
                 });
         });
-        obj
+        Record {
+            kind: "process.fork",
+            obj,
+        }
     }
 
     /// `process.exit`.
-    pub fn exit(&self, registry: &Registry, procs: &ProcessTable, ev: &ExitEvent) -> Obj {
+    pub fn exit(&self, registry: &Registry, procs: &ProcessTable, ev: &ExitEvent) -> Record {
         let mut obj = self.activity(
             registry,
             procs,
@@ -485,11 +499,14 @@ impl Records {
                 }
             }
         });
-        obj
+        Record {
+            kind: "process.exit",
+            obj,
+        }
     }
 
     /// `file.open`, `file.unlink`, `file.rename`.
-    pub fn file(&self, registry: &Registry, procs: &ProcessTable, ev: &FileEvent) -> Obj {
+    pub fn file(&self, registry: &Registry, procs: &ProcessTable, ev: &FileEvent) -> Record {
         let args = &ev.args;
         let (kind, activity_id, activity) = match EventKind::try_from(ev.hdr.kind) {
             Ok(EventKind::FileUnlink) => ("file.unlink", 4, "Delete"),
@@ -570,11 +587,11 @@ impl Records {
             }
         }
         status(&mut obj, ev.ret, ev.ret >= 0);
-        obj
+        Record { kind, obj }
     }
 
     /// `net.connect`, `net.udp_send`, `net.listen`, `net.accept`.
-    pub fn net(&self, registry: &Registry, procs: &ProcessTable, ev: &NetEvent) -> Obj {
+    pub fn net(&self, registry: &Registry, procs: &ProcessTable, ev: &NetEvent) -> Record {
         let kind = EventKind::try_from(ev.hdr.kind).unwrap_or(EventKind::NetConnect);
         let refused = ev.ret == -(libc::ECONNREFUSED as i64);
         let in_progress = ev.ret == -(libc::EINPROGRESS as i64);
@@ -629,11 +646,11 @@ impl Records {
             _ => {}
         }
         status(&mut obj, ev.ret, ev.ret >= 0 || in_progress);
-        obj
+        Record { kind: name, obj }
     }
 
     /// `identity.*`: a change to what the kernel maps say.
-    pub fn identity(&self, registry: &Registry, change: &IdentityChange) -> Obj {
+    pub fn identity(&self, registry: &Registry, change: &IdentityChange) -> Record {
         let (kind, activity_id, activity, agent_id, selector_id) = match change {
             IdentityChange::CgroupBound {
                 selector_id,
@@ -710,11 +727,11 @@ impl Records {
                 };
             }
         });
-        obj
+        Record { kind, obj }
     }
 
     /// `sensor.loss`: records the kernel could not deliver since the last report.
-    pub fn loss(&self, what: &str, count: u64, total: u64) -> Obj {
+    pub fn loss(&self, what: &str, count: u64, total: u64) -> Record {
         let mut obj = self.base(
             "sensor.loss",
             &BASE_EVENT,
@@ -726,11 +743,20 @@ impl Records {
         obj.obj("loss", |l| {
             l.str("what", what).u64("count", count).u64("total", total);
         });
-        obj
+        Record {
+            kind: "sensor.loss",
+            obj,
+        }
     }
 
     /// `agentd.start` / `agentd.stop`: `detail` is built by the caller.
-    pub fn lifecycle(&self, kind: &str, activity_id: u32, activity: &str, detail: &Obj) -> Obj {
+    pub fn lifecycle(
+        &self,
+        kind: &'static str,
+        activity_id: u32,
+        activity: &str,
+        detail: &Obj,
+    ) -> Record {
         let mut obj = self.base(
             kind,
             &APPLICATION_LIFECYCLE,
@@ -744,11 +770,19 @@ impl Records {
                 .str("version", env!("CARGO_PKG_VERSION"));
         })
         .obj_value("detail", detail);
-        obj
+        Record { kind, obj }
+    }
+
+    /// `log.*`: the log's own records (recovery, outage, heartbeat, key rotation, pruning).
+    pub fn log_event(&self, kind: &'static str, severity: u64, detail: &Obj) -> Record {
+        let mut obj = self.base(kind, &BASE_EVENT, 0, "Unknown", BootClock::wall_now_ns());
+        Self::severity(&mut obj, severity);
+        obj.obj_value("detail", detail);
+        Record { kind, obj }
     }
 
     /// `sensor.error`: a record from the kernel that could not be decoded.
-    pub fn decode_error(&self, error: &str, len: usize) -> Obj {
+    pub fn decode_error(&self, error: &str, len: usize) -> Record {
         let mut obj = self.base(
             "sensor.error",
             &BASE_EVENT,
@@ -760,7 +794,10 @@ impl Records {
         obj.obj("error", |e| {
             e.str("message", error).u64("record_bytes", len as u64);
         });
-        obj
+        Record {
+            kind: "sensor.error",
+            obj,
+        }
     }
 }
 

@@ -29,6 +29,42 @@ pub fn agentd_path() -> PathBuf {
     }
 }
 
+/// agentctl, next to agentd.
+pub fn agentctl_path() -> PathBuf {
+    agentd_path().with_file_name("agentctl")
+}
+
+/// Runs agentctl; returns (exit code, standard output + standard error).
+pub fn agentctl(args: &[&str]) -> (i32, String) {
+    let out = Command::new(agentctl_path())
+        .args(args)
+        .output()
+        .expect("run agentctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The independent Python verifier (`tests/python/verify_log.py`); returns (exit code, output).
+pub fn python_verify(log: &Path, key: &Path, proof: Option<&Path>) -> (i32, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/verify_log.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(log).arg("--key").arg(key);
+    if let Some(proof) = proof {
+        cmd.arg("--proof").arg(proof);
+    }
+    let out = cmd.output().expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// The workload helper (`src/bin/workload.rs`), built next to the test binaries.
 pub fn workload_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -142,28 +178,105 @@ impl Drop for Cgroup {
     }
 }
 
-/// A running agentd writing its records into a private directory.
+/// A private directory for agentd's files: configuration, log, key, export. It outlives the
+/// agentd processes started in it, so a test can stop and restart agentd on the same log.
+pub struct Dirs {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dirs {
+    /// A fresh directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log directory agentd is pointed at (unless the configuration names another).
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("keys/log.key")
+    }
+
+    /// The public key file.
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.path().join("keys/log.key.pub")
+    }
+
+    /// The JSON-lines export.
+    pub fn events(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+}
+
+/// A running agentd writing into a [`Dirs`].
 pub struct Agentd {
     child: Option<Child>,
     events: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Where this run's records start in the export (earlier runs may have written before).
+    offset: u64,
+    _dirs: Option<Dirs>,
 }
 
 /// How long agentd may take to start or stop.
 const AGENTD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The configuration file agentd gets: `config`, plus a `[log]` section in `dirs` unless the
+/// configuration has its own.
+fn write_config(dirs: &Dirs, config: &str) -> PathBuf {
+    let path = dirs.path().join("agentd.toml");
+    let mut text = config.to_owned();
+    if !text.contains("[log]") {
+        text = format!(
+            "[log]\ndir = \"{}\"\nkey = \"{}\"\n\n{text}",
+            dirs.log().display(),
+            dirs.key().display()
+        );
+    }
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 impl Agentd {
-    /// Starts agentd with configuration `config` (TOML) and waits until it reports ready.
+    /// Starts agentd with configuration `config` (TOML) in a directory of its own and waits until
+    /// it reports ready.
     pub fn start(config: &str) -> Self {
-        Self::start_with(config, &[])
+        let dirs = Dirs::new();
+        let mut agentd = Self::start_in(&dirs, config, &[]);
+        agentd._dirs = Some(dirs);
+        agentd
     }
 
     /// Like [`Agentd::start`], with extra command-line arguments.
     pub fn start_with(config: &str, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("agentd.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let events = dir.path().join("events.jsonl");
+        let dirs = Dirs::new();
+        let mut agentd = Self::start_in(&dirs, config, args);
+        agentd._dirs = Some(dirs);
+        agentd
+    }
+
+    /// Starts agentd in `dirs` (which may hold an earlier run's log) and waits for its start
+    /// record.
+    pub fn start_in(dirs: &Dirs, config: &str, args: &[&str]) -> Self {
+        let config_path = write_config(dirs, config);
+        let events = dirs.events();
+        // Records of this run start after whatever the export already holds.
+        let before = std::fs::metadata(&events).map_or(0, |m| m.len());
         let child = Command::new(agentd_path())
             .arg("--config")
             .arg(&config_path)
@@ -176,7 +289,8 @@ impl Agentd {
         let mut agentd = Self {
             child: Some(child),
             events,
-            _dir: dir,
+            offset: before,
+            _dirs: None,
         };
         agentd.wait_for("agentd.start record", |r| r["kind"] == "agentd.start");
         agentd
@@ -187,9 +301,10 @@ impl Agentd {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Every record written so far (a partial last line is skipped).
+    /// Every record this run wrote so far (a partial last line is skipped).
     pub fn records(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let bytes = std::fs::read(&self.events).unwrap_or_default();
+        let text = String::from_utf8_lossy(bytes.get(self.offset as usize..).unwrap_or_default());
         text.lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
@@ -223,6 +338,13 @@ impl Agentd {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Kills agentd with SIGKILL and waits for it.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Stops agentd with SIGINT, checks it exits cleanly, and returns every record.

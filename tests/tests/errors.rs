@@ -94,11 +94,25 @@ fn configuration_mistakes_name_file_line_and_field() {
     );
 }
 
-/// Runs agentd with `setup` applied in the child between fork and exec.
+/// Runs agentd (with its files in a private directory) with `setup` applied in the child
+/// between fork and exec.
 fn agentd_in(setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static) -> Output {
     let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n[output]\nevents = \"{0}/events.jsonl\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // Readable by the unprivileged user of the not-root test.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = Command::new(agentd_path());
-    cmd.arg("--events").arg(dir.path().join("events.jsonl"));
+    cmd.arg("--config").arg(&config);
     // SAFETY: the closures passed below only make system calls on memory prepared before fork.
     unsafe { cmd.pre_exec(setup) };
     cmd.output().unwrap()

@@ -5,12 +5,14 @@
 //! - `run`: builds agentd and runs it on the embedded default configuration, with a demo agent
 //!   process so events show at once.
 //! - `test`: the whole test suite: unit tests, then the privileged end-to-end tests.
+//! - `bench`: benchmarks (results in `target/bench/results.json`).
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
     reason = "xtask is a command-line tool"
 )]
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +35,8 @@ enum Command {
     Run(run::Options),
     /// Run the whole test suite, including the privileged end-to-end tests.
     Test(test::Options),
+    /// Measure: the signed log, the sensor's throughput and memory (see xtask/src/bench.rs).
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(options),
+        Command::Bench(options) => bench::run(options),
     }
 }

@@ -21,6 +21,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     mounts()?;
+    python_packages()?;
     println!("setup: done");
     Ok(())
 }
@@ -111,6 +112,22 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", &prefix),
     )
     .context("setup: cannot build bpf-linker")
+}
+
+/// Python packages the independent verifiers in `tests/python` import.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("cryptography", "cryptography")];
+
+fn python_packages() -> anyhow::Result<()> {
+    for (module, package) in PYTHON_PACKAGES {
+        if output(Command::new("python3").args(["-c", &format!("import {module}")])).is_some() {
+            println!("setup: python3 module {module}: present");
+            continue;
+        }
+        println!("setup: python3 module {module}: installing {package} with pip");
+        util::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))
+            .with_context(|| format!("setup: cannot install the Python package {package}"))?;
+    }
+    Ok(())
 }
 
 fn mounts() -> anyhow::Result<()> {

@@ -152,6 +152,49 @@ pub struct AgentSpec {
     pub selectors: Vec<SelectorKind>,
 }
 
+/// The signed log's settings (`[log]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// The signing key file.
+    pub key: PathBuf,
+    /// The log's origin; `None` derives one when the log is created.
+    pub origin: Option<String>,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+    /// Sign a checkpoint at least this often while records arrive.
+    pub checkpoint_interval: std::time::Duration,
+    /// Append a heartbeat record (and sign it) after this long without records.
+    pub heartbeat: std::time::Duration,
+    /// Delete signed segments older than this.
+    pub retention_age: Option<std::time::Duration>,
+    /// Delete the oldest signed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            // State lives with the rest of agentd's state (systemd StateDirectory=custos).
+            dir: PathBuf::from("/var/lib/custos/log"),
+            // Kept apart from the log so a copy of the log never carries the key.
+            key: PathBuf::from("/var/lib/custos/keys/log.key"),
+            origin: None,
+            // Large enough that a busy host rolls a few segments an hour, small enough that
+            // retention frees space in useful steps.
+            segment_bytes: 64 << 20,
+            // The bound: a record is covered by a signature within a second.
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            // An idle log still proves it is alive (and not truncated) every ten seconds.
+            heartbeat: std::time::Duration::from_secs(10),
+            // 13 months: a SOC 2 Type II window plus a margin.
+            retention_age: Some(std::time::Duration::from_secs(400 * 86_400)),
+            retention_bytes: None,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -163,12 +206,14 @@ pub struct Config {
     pub mode: SensorMode,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
-    /// Where the JSON-lines event file goes.
-    pub events_path: PathBuf,
+    /// Where the JSON-lines export of the log goes (`None`: no export).
+    pub events_path: Option<PathBuf>,
     /// Also write events to standard output.
     pub stdout: bool,
     /// The SPIFFE trust domain of the agents.
     pub trust_domain: String,
+    /// The signed log.
+    pub log: LogSettings,
     /// The agents.
     pub agents: Vec<AgentSpec>,
 }
@@ -281,17 +326,18 @@ impl Validator<'_> {
             }
         };
         let events_path = match &raw.output.events {
-            None => PathBuf::from("/var/lib/custos/events.jsonl"),
+            None => Some(PathBuf::from("/var/lib/custos/events.jsonl")),
+            Some(path) if path.get_ref().is_empty() => None,
             Some(path) => {
                 let value = PathBuf::from(path.get_ref());
                 if !value.is_absolute() {
                     return Err(self.error(
                         path.span(),
                         "output.events",
-                        "must be an absolute path",
+                        "must be an absolute path (or \"\" for none)",
                     ));
                 }
-                value
+                Some(value)
             }
         };
         let trust_domain = match &raw.identity.trust_domain {
@@ -315,6 +361,8 @@ impl Validator<'_> {
                 value.clone()
             }
         };
+
+        let log = self.log(&raw.log)?;
 
         let mut agents = Vec::with_capacity(raw.agents.len());
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -357,8 +405,84 @@ impl Validator<'_> {
             events_path,
             stdout: raw.output.stdout.unwrap_or(false),
             trust_domain,
+            log,
             agents,
         })
+    }
+
+    fn log(&self, raw: &raw::RawLog) -> Result<LogSettings, ConfigError> {
+        let mut log = LogSettings::default();
+        let path = |value: &Option<Spanned<String>>,
+                    field: &str,
+                    default: PathBuf|
+         -> Result<PathBuf, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(v) if Path::new(v.get_ref()).is_absolute() => Ok(PathBuf::from(v.get_ref())),
+                Some(v) => Err(self.error(v.span(), field, "must be an absolute path")),
+            }
+        };
+        log.dir = path(&raw.dir, "log.dir", log.dir)?;
+        log.key = path(&raw.key, "log.key", log.key)?;
+        if log.key.starts_with(&log.dir) {
+            let span = raw.key.as_ref().map(Spanned::span).unwrap_or(0..0);
+            return Err(self.error(
+                span,
+                "log.key",
+                "the signing key must live outside the log directory (copies of the log must not carry it)",
+            ));
+        }
+        if let Some(origin) = &raw.origin {
+            let value = origin.get_ref();
+            if value.is_empty()
+                || value
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '+' || c.is_control())
+            {
+                return Err(self.error(
+                    origin.span(),
+                    "log.origin",
+                    "must be non-empty, without spaces or '+'",
+                ));
+            }
+            log.origin = Some(value.clone());
+        }
+        let range = |value: &Option<Spanned<u64>>,
+                     field: &str,
+                     min: u64,
+                     max: u64|
+         -> Result<Option<u64>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
+                Some(v) => Err(self.error(
+                    v.span(),
+                    field,
+                    format!("{} is outside {min}..={max}", v.get_ref()),
+                )),
+            }
+        };
+        if let Some(mib) = range(&raw.segment_mib, "log.segment_mib", 1, 4096)? {
+            log.segment_bytes = mib << 20;
+        }
+        if let Some(ms) = range(
+            &raw.checkpoint_interval_ms,
+            "log.checkpoint_interval_ms",
+            10,
+            60_000,
+        )? {
+            log.checkpoint_interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(secs) = range(&raw.heartbeat_seconds, "log.heartbeat_seconds", 1, 3600)? {
+            log.heartbeat = std::time::Duration::from_secs(secs);
+        }
+        if let Some(days) = range(&raw.retention_days, "log.retention_days", 0, 36_500)? {
+            log.retention_age = (days > 0).then(|| std::time::Duration::from_secs(days * 86_400));
+        }
+        if let Some(mib) = range(&raw.retention_mib, "log.retention_mib", 0, 1 << 30)? {
+            log.retention_bytes = (mib > 0).then_some(mib << 20);
+        }
+        Ok(log)
     }
 
     fn agent(

@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub sensor: RawSensor,
     pub output: RawOutput,
     pub identity: RawIdentity,
+    pub log: RawLog,
     #[serde(rename = "agent")]
     pub agents: Vec<Spanned<RawAgent>>,
 }
@@ -27,6 +28,19 @@ pub struct RawSensor {
 pub struct RawOutput {
     pub events: Option<Spanned<String>>,
     pub stdout: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    pub dir: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub origin: Option<Spanned<String>>,
+    pub segment_mib: Option<Spanned<u64>>,
+    pub checkpoint_interval_ms: Option<Spanned<u64>>,
+    pub heartbeat_seconds: Option<Spanned<u64>>,
+    pub retention_days: Option<Spanned<u64>>,
+    pub retention_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

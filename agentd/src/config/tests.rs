@@ -217,3 +217,19 @@ fn unreadable_file() {
     assert_eq!(err.file, "/nonexistent/agentd.toml");
     assert!(err.message.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn log_settings() {
+    let config = parse("[log]\ndir = \"/srv/log\"\nkey = \"/srv/keys/log.key\"\nretention_days = 0\nsegment_mib = 8\n").unwrap();
+    assert_eq!(config.log.dir, PathBuf::from("/srv/log"));
+    assert_eq!(config.log.retention_age, None);
+    assert_eq!(config.log.segment_bytes, 8 << 20);
+    assert_eq!(parse("").unwrap().log, LogSettings::default());
+    let err = error("[log]\ndir = \"/srv/log\"\nkey = \"/srv/log/k\"\n");
+    assert_eq!((err.field.as_str(), err.line), ("log.key", Some(3)));
+    assert_eq!(
+        error("[log]\ncheckpoint_interval_ms = 0\n").field,
+        "log.checkpoint_interval_ms"
+    );
+    assert_eq!(error("[log]\norigin = \"a b\"\n").field, "log.origin");
+}

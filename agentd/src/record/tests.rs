@@ -47,8 +47,8 @@ fn path(s: &[u8]) -> ([u8; PATH_LEN], u32) {
 }
 
 /// Parses a record and checks its bytes are already canonical.
-fn checked(obj: &Obj) -> Value {
-    let bytes = obj.to_bytes();
+fn checked(record: &Record) -> Value {
+    let bytes = record.obj.to_bytes();
     let value: Value = serde_json::from_slice(&bytes).unwrap();
     let mut canonical = Vec::new();
     canonicalize(&value, &mut canonical).expect("integers only");
@@ -84,8 +84,10 @@ fn every_record_kind_is_canonical() {
         filename,
         argv,
     };
-    let value = checked(&records.exec(&registry, &procs, &exec, None));
+    let record = records.exec(&registry, &procs, &exec, None);
+    let value = checked(&record);
     assert_eq!(value["kind"], "process.exec");
+    assert_eq!(record.kind, "process.exec");
     assert_eq!(value["agent"]["uid"], "spiffe://custos.local/agent/a");
     assert_eq!(
         value["agent"]["selector"],
@@ -214,6 +216,10 @@ fn every_record_kind_is_canonical() {
         json!({ "n": 1 })
     );
     checked(&records.decode_error("short", 3));
+    assert_eq!(
+        checked(&records.log_event("log.heartbeat", 1, &detail))["kind"],
+        "log.heartbeat"
+    );
 
     // An unattributed process has `"agent": null`.
     let mut unattributed = fork;
