@@ -12,12 +12,18 @@
 //! - [`pipeline`]: the thread that drains the ring buffer, attributes and writes records.
 //! - [`record`]: the records' shape, written canonically by [`json`]; [`output`]: where they go.
 //! - [`log`]: the signed Merkle log; [`ctl`]: the `agentctl` commands.
+//! - [`egress`]: per-agent egress allowlists, the DNS resolver, pins.
+//! - [`daemon`]: start-up order, the run loop, reloads; [`control`]: records made off the
+//!   pipeline thread.
 //! - [`process`], [`clock`], [`loss`], [`watch`]: the pipeline's helpers.
 #![deny(missing_docs)]
 
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod ctl;
+pub mod daemon;
+pub mod egress;
 pub mod identity;
 pub mod json;
 pub mod log;
@@ -30,21 +36,18 @@ pub mod record;
 pub mod sensor;
 pub mod watch;
 
-use std::sync::atomic::AtomicBool;
-
+pub use daemon::run;
 use log::{
     keys::{self, KeyError},
     store::{Log, LogError, LogOptions},
 };
 
-use sensor_common::config::{MODE_AGENTS, MODE_HOST, SensorConfig};
-
 use crate::{
-    config::{Config, SensorMode},
-    identity::{Identity, registry::Registry},
-    pipeline::{Pipeline, PipelineError, Stats},
+    config::{Config, ConfigError},
+    egress::{resolver::BindError, state::ApplyError},
+    pipeline::PipelineError,
     preflight::PreflightError,
-    sensor::{LoadOptions, Sensor, SensorError},
+    sensor::SensorError,
 };
 
 /// Why agentd could not run.
@@ -65,6 +68,30 @@ pub enum RunError {
     /// The log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A policy is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policies could not be put in force.
+    #[error("cannot put the egress policies in force")]
+    Apply(#[from] ApplyError),
+    /// A resolver socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Another agentd holds the state directory.
+    #[error("another agentd is running (it holds {path})")]
+    Running {
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// A state file or task could not be set up.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -79,15 +106,30 @@ impl RunError {
             RunError::Pipeline(PipelineError::Log(err)) | RunError::Log(err) => err.hint(),
             RunError::Pipeline(_) => None,
             RunError::Key(err) => Some(err.hint()),
+            RunError::Config(_) => Some("see docs/configuration.md and docs/egress.md"),
+            RunError::Apply(_) => Some(
+                "the allowlist map holds 65536 entries for all agents; reduce CIDR rules or split policies",
+            ),
+            RunError::Bind(_) => Some(
+                "another program uses the port: set [dns] port_base to a free range (each agent takes the next port)",
+            ),
+            RunError::Running { .. } => Some(
+                "stop the other agentd, or give this one its own [sensor] state_dir and pin_dir",
+            ),
+            RunError::Io { .. } => None,
         }
     }
 }
 
 /// Options of one run that are not configuration.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Replace the log's signing key, recording the rotation in the log.
     pub rotate_key: bool,
+    /// The configuration file, re-read on SIGHUP (`None`: the embedded default).
+    pub config_path: Option<std::path::PathBuf>,
+    /// `--host-wide` was given (it overrides the file's `sensor.mode` on reload too).
+    pub host_wide: bool,
 }
 
 /// The origin of a log created now: `<hostname>/custos/<random id>` (unique even when a host's
@@ -108,10 +150,10 @@ fn new_origin() -> String {
 }
 
 /// A key rotation to record: the old signer and the new.
-type Rotation = (log::note::NoteSigner, log::note::NoteSigner);
+pub(crate) type Rotation = (log::note::NoteSigner, log::note::NoteSigner);
 
 /// Opens the signed log (creating it and its key on first start).
-fn open_log(
+pub(crate) fn open_log(
     config: &Config,
     rotate: bool,
 ) -> Result<(Log, log::store::Recovery, Option<Rotation>), RunError> {
@@ -146,42 +188,4 @@ fn open_log(
         signer,
     )?;
     Ok((log, recovery, rotation))
-}
-
-/// Runs agentd with `config` until `shutdown` is set.
-pub fn run(config: Config, options: RunOptions, shutdown: &AtomicBool) -> Result<Stats, RunError> {
-    let host = preflight::check()?;
-    // The log first: a configuration that cannot log is refused before any program loads.
-    let (log, recovery, rotation) = open_log(&config, options.rotate_key)?;
-    let mut sensor = Sensor::load(&LoadOptions {
-        ring_bytes: config.ring_buffer_bytes,
-        config: SensorConfig {
-            mode: match config.mode {
-                SensorMode::Agents => MODE_AGENTS,
-                SensorMode::Host => MODE_HOST,
-            },
-            self_tgid: std::process::id(),
-        },
-        cgroup_root: &host.cgroup_root,
-    })?;
-    let maps = sensor.take_maps()?;
-    let output = sensor.take_output()?;
-    // Loading parsed the kernel's BTF twice (several MB of small allocations, all freed now):
-    // hand that memory back to the system so the daemon's resident size reflects its real use.
-    // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
-    unsafe { libc::malloc_trim(0) };
-    let identity = Identity::new(Registry::new(&config), host.cgroup_root.clone());
-    let pipeline = Pipeline::start(pipeline::Parts {
-        config: &config,
-        identity,
-        maps,
-        output,
-        attached: sensor.attached(),
-        log: (log, recovery),
-        rotation,
-    })?;
-    let stats = pipeline.run(shutdown)?;
-    // The programs detach when `sensor` drops, after the last record is written.
-    drop(sensor);
-    Ok(stats)
 }

@@ -29,6 +29,16 @@ pub struct LossTracker {
 }
 
 impl LossTracker {
+    /// A tracker that reports only what exceeds `totals` (already reported by an earlier run).
+    pub fn with_baseline(totals: [u64; LOSS_SLOTS as usize]) -> Self {
+        Self { last: totals }
+    }
+
+    /// The totals reported so far.
+    pub fn totals(&self) -> [u64; LOSS_SLOTS as usize] {
+        self.last
+    }
+
     /// Compares fresh totals with the last ones.
     pub fn update(&mut self, totals: [u64; LOSS_SLOTS as usize]) -> Vec<Loss> {
         let mut losses = Vec::new();
@@ -58,6 +68,25 @@ impl LossTracker {
     }
 }
 
+/// Saves the reported totals (one number per line, in slot order).
+pub fn save(path: &std::path::Path, totals: [u64; LOSS_SLOTS as usize]) -> std::io::Result<()> {
+    let text: String = totals.iter().map(|t| format!("{t}\n")).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Reads totals saved by [`save`]; `None` when missing or unreadable.
+pub fn load(path: &std::path::Path) -> Option<[u64; LOSS_SLOTS as usize]> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut totals = [0u64; LOSS_SLOTS as usize];
+    let mut lines = text.lines();
+    for total in &mut totals {
+        *total = lines.next()?.trim().parse().ok()?;
+    }
+    Some(totals)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +112,15 @@ mod tests {
             ]
         );
         assert!(tracker.update([3, 0, 0, 0, 0, 0, 0, 1]).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss");
+        save(&path, tracker.totals()).unwrap();
+        assert_eq!(load(&path), Some([3, 0, 0, 0, 0, 0, 0, 1]));
+        assert!(
+            LossTracker::with_baseline(load(&path).unwrap())
+                .update([3, 0, 0, 0, 0, 0, 0, 1])
+                .is_empty()
+        );
         assert_eq!(
             tracker.update([5, 0, 0, 0, 0, 0, 0, 1]),
             vec![Loss {

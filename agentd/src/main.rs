@@ -1,13 +1,6 @@
 //! The `agentd` binary: parse the command line, load the configuration, run until a signal.
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use agentd::config::{Config, SensorMode};
 use clap::Parser;
@@ -39,6 +32,10 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Detach every program and free every map agentd pinned (under `sensor.pin_dir`), then
+    /// exit: egress enforcement and identity binding stop. For uninstalling.
+    #[arg(long)]
+    remove_pins: bool,
 }
 
 fn print_error(err: &dyn std::error::Error, hint: Option<&str>) {
@@ -94,17 +91,41 @@ fn main() -> ExitCode {
     if cli.host_wide {
         config.mode = SensorMode::Host;
     }
+    let policies = match config.policies() {
+        Ok(policies) => policies,
+        Err(err) => {
+            print_error(&err, Some("see docs/egress.md for policy files"));
+            return ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         println!(
-            "{}: configuration is valid ({} agents)",
+            "{}: configuration is valid ({} agents, {} egress policies)",
             config.source,
-            config.agents.len()
+            config.agents.len(),
+            policies.by_agent.len()
         );
         return ExitCode::SUCCESS;
     }
+    if cli.remove_pins {
+        return match agentd::sensor::remove_pins(&config.pin_dir) {
+            Ok(()) => {
+                println!(
+                    "removed {}: programs detached, maps freed",
+                    config.pin_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                print_error(&err, None);
+                ExitCode::FAILURE
+            }
+        };
+    }
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: the resolvers and the signal loop; the pipeline has a thread of its own.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -114,24 +135,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let flag = Arc::clone(&shutdown);
-        let options = agentd::RunOptions {
-            rotate_key: cli.rotate_key,
-        };
-        let mut daemon = tokio::task::spawn_blocking(move || agentd::run(config, options, &flag));
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|err| err.to_string())?;
-        tokio::select! {
-            result = &mut daemon => return result.map_err(|err| err.to_string()),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
-        }
-        shutdown.store(true, Ordering::Relaxed);
-        daemon.await.map_err(|err| err.to_string())
-    });
+    let options = agentd::RunOptions {
+        rotate_key: cli.rotate_key,
+        config_path: cli.config.clone(),
+        host_wide: cli.host_wide,
+    };
+    let result = runtime.block_on(agentd::run(config, options));
     match result {
-        Ok(Ok(stats)) => {
+        Ok(stats) => {
             tracing::info!(
                 kernel_records = stats.kernel_records,
                 records = stats.records,
@@ -140,12 +151,8 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Ok(Err(err)) => {
-            print_error(&err, err.hint());
-            ExitCode::FAILURE
-        }
         Err(err) => {
-            eprintln!("agentd: error: {err}");
+            print_error(&err, err.hint());
             ExitCode::FAILURE
         }
     }

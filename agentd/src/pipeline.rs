@@ -8,7 +8,10 @@
 
 use std::{
     os::fd::AsFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -17,10 +20,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use sensor_common::{
     event::HDR_UNATTRIBUTED,
     identity::{AGENT_PENDING, AgentRef, Binding, HOW_INHERITED, HOW_PENDING},
+    loss::LOSS_SLOTS,
 };
 
 use crate::{
     config::{Config, LogSettings, SelectorKind, SensorMode},
+    control::ControlRx,
+    egress::state::SharedVersions,
     identity::{
         Identity, ProcessFacts, cgroups,
         maps::{IdentityMaps, MapWriteError},
@@ -86,8 +92,12 @@ struct Core {
     loss: LossTracker,
     loss_counters: aya::maps::PerCpuArray<MapData, u64>,
     watcher: ExeWatcher,
+    control: ControlRx,
+    versions: SharedVersions,
+    loss_state: Option<std::path::PathBuf>,
     mode: SensorMode,
     stats: Stats,
+    control_dropped: u64,
     last_retention: Instant,
     outage_logged: bool,
 }
@@ -114,6 +124,13 @@ pub struct Parts<'a> {
     pub log: (Log, Recovery),
     /// A key rotation to record first: (old signer, new signer).
     pub rotation: Option<(crate::log::note::NoteSigner, crate::log::note::NoteSigner)>,
+    /// Records made elsewhere (resolver, policy changes).
+    pub control: ControlRx,
+    /// Egress policy versions, to describe decisions.
+    pub versions: SharedVersions,
+    /// Where the loss totals already reported are kept, and those totals when the counters
+    /// were re-adopted from an earlier run.
+    pub loss_state: (std::path::PathBuf, Option<[u64; LOSS_SLOTS as usize]>),
 }
 
 impl Pipeline {
@@ -129,6 +146,9 @@ impl Pipeline {
             attached,
             log: (log, recovery),
             rotation,
+            control,
+            versions,
+            loss_state: (loss_path, loss_baseline),
         } = parts;
         let export = match &config.events_path {
             Some(path) => Some(EventSink::open(path, config.stdout)?),
@@ -153,11 +173,15 @@ impl Pipeline {
             log,
             settings: config.log.clone(),
             export,
-            loss: LossTracker::default(),
+            loss: LossTracker::with_baseline(loss_baseline.unwrap_or_default()),
             loss_counters: output.loss,
             watcher,
+            control,
+            versions,
+            loss_state: Some(loss_path),
             mode: config.mode,
             stats: Stats::default(),
+            control_dropped: 0,
             last_retention: Instant::now(),
             outage_logged: false,
         };
@@ -191,6 +215,7 @@ impl Pipeline {
         }
         let start = core.start_record(config, attached, bound.len());
         core.emit(start);
+        core.take_control();
         core.commit()?;
         core.sign()?;
         core.flush_export()?;
@@ -217,6 +242,7 @@ impl Pipeline {
             let stopping = shutdown.load(Ordering::Relaxed);
             self.wait()?;
             self.drain()?;
+            self.core.take_control();
             self.core.commit()?;
             // Checked on every wake-up, not only per tick, so records wait at most the interval.
             if self.core.log.checkpoint_due() {
@@ -235,6 +261,7 @@ impl Pipeline {
         while self.drain()? > 0 {
             self.core.commit()?;
         }
+        self.core.take_control();
         self.core.tick()?;
         let stats = self.core.stats;
         let mut detail = Obj::new();
@@ -255,7 +282,10 @@ impl Pipeline {
 
     /// Waits up to one tick for the ring buffer or the executable watch.
     fn wait(&mut self) -> Result<(), PipelineError> {
-        let mut fds = vec![PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![
+            PollFd::new(self.ring.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.core.control.fd(), PollFlags::POLLIN),
+        ];
         if let Some(fd) = self.core.watcher.fd() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
@@ -295,6 +325,13 @@ impl Pipeline {
 }
 
 impl Core {
+    /// Logs the records queued by the resolver and policy changes.
+    fn take_control(&mut self) {
+        for record in self.control.take(DRAIN_BATCH) {
+            self.emit(record);
+        }
+    }
+
     /// Hands a record to the log (never fails: during an outage the log counts it).
     fn emit(&mut self, mut record: Record) {
         self.stats.records += 1;
@@ -351,7 +388,25 @@ impl Core {
     /// Periodic work: loss counters, settled executable changes, outage recovery, heartbeats,
     /// checkpoints, retention, clock, flush.
     fn tick(&mut self) -> Result<(), PipelineError> {
-        for loss in self.loss.poll(&self.loss_counters) {
+        let mut losses = self.loss.poll(&self.loss_counters);
+        if !losses.is_empty()
+            && let Some(path) = &self.loss_state
+        {
+            // Re-adopted counters must not be reported twice by the next run.
+            if let Err(err) = crate::loss::save(path, self.loss.totals()) {
+                tracing::warn!(path = %path.display(), %err, "cannot save the loss totals");
+            }
+        }
+        let dropped = self.control.take_dropped();
+        if dropped > 0 {
+            self.control_dropped += dropped;
+            losses.push(crate::loss::Loss {
+                what: "control",
+                count: dropped,
+                total: self.control_dropped,
+            });
+        }
+        for loss in losses {
             self.stats.lost += loss.count;
             tracing::warn!(
                 what = loss.what,
@@ -632,7 +687,10 @@ impl Core {
                 record
             }
             SensorEvent::File(ev) => self.records.file(registry, &self.procs, ev),
-            SensorEvent::Net(ev) => self.records.net(registry, &self.procs, ev),
+            SensorEvent::Net(ev) => {
+                let versions = self.versions.read().unwrap_or_else(PoisonError::into_inner);
+                self.records.net(registry, &self.procs, ev, &versions)
+            }
             SensorEvent::Cgroup(_) => return Ok(()),
         };
         self.emit(record);

@@ -18,8 +18,11 @@ use sensor_common::{
     identity::{AgentRef, HOW_DIRECT, HOW_INHERITED, HOW_PENDING},
 };
 
+pub use egress::DnsQuery;
+
 use crate::{
     clock::BootClock,
+    egress::state::Versions,
     identity::{IdentityChange, registry::Registry},
     json::Obj,
     process::{ProcessInfo, ProcessTable},
@@ -283,6 +286,17 @@ impl Records {
 
     /// The `agent` member: identity, the selector that matched, how the binding came about.
     fn agent(obj: &mut Obj, registry: &Registry, agent: AgentRef, how: u32) {
+        let binding = match how {
+            HOW_DIRECT => "direct",
+            HOW_INHERITED => "inherited",
+            HOW_PENDING => "pending",
+            _ => "none",
+        };
+        Self::agent_as(obj, registry, agent, binding);
+    }
+
+    /// The `agent` member with `binding` saying how the record was attributed.
+    fn agent_as(obj: &mut Obj, registry: &Registry, agent: AgentRef, binding: &str) {
         let Some(spec) = registry.agent(agent.agent_id) else {
             obj.null("agent");
             return;
@@ -293,15 +307,7 @@ impl Records {
                 .str("owner", &spec.owner)
                 .str("trust_tier", spec.trust_tier.as_str())
                 .strs("scopes", spec.scopes.iter().map(String::as_str))
-                .str(
-                    "binding",
-                    match how {
-                        HOW_DIRECT => "direct",
-                        HOW_INHERITED => "inherited",
-                        HOW_PENDING => "pending",
-                        _ => "none",
-                    },
-                );
+                .str("binding", binding);
             match registry.selector(agent.selector_id) {
                 Some(s) => a.obj("selector", |o| {
                     o.u64("id", s.id as u64)
@@ -360,6 +366,7 @@ impl Records {
         class: &Class,
         activity_id: u32,
         activity: &str,
+        severity: u64,
     ) -> Obj {
         let mut obj = self.base(
             kind,
@@ -368,7 +375,7 @@ impl Records {
             activity,
             self.wall_ns(hdr.ktime_ns),
         );
-        Self::severity(&mut obj, 1);
+        Self::severity(&mut obj, severity);
         Self::agent(&mut obj, registry, hdr.agent, hdr.how);
         self.actor(&mut obj, hdr, procs.get(hdr.tgid));
         obj
@@ -457,6 +464,7 @@ impl Records {
             &PROCESS_ACTIVITY,
             1,
             "Launch",
+            1,
         );
         obj.obj("process", |p| {
             p.u64("pid", ev.child_tgid as u64)
@@ -484,6 +492,7 @@ impl Records {
             &PROCESS_ACTIVITY,
             2,
             "Terminate",
+            1,
         );
         let status = ev.exit_code;
         if status & 0x7f == 0 {
@@ -521,6 +530,7 @@ impl Records {
             &FILE_ACTIVITY,
             activity_id,
             activity,
+            1,
         );
         let syscall = FileSyscall::try_from(args.syscall).ok();
         obj.str(
@@ -591,7 +601,13 @@ impl Records {
     }
 
     /// `net.connect`, `net.udp_send`, `net.listen`, `net.accept`.
-    pub fn net(&self, registry: &Registry, procs: &ProcessTable, ev: &NetEvent) -> Record {
+    pub fn net(
+        &self,
+        registry: &Registry,
+        procs: &ProcessTable,
+        ev: &NetEvent,
+        versions: &Versions,
+    ) -> Record {
         let kind = EventKind::try_from(ev.hdr.kind).unwrap_or(EventKind::NetConnect);
         let refused = ev.ret == -(libc::ECONNREFUSED as i64);
         let in_progress = ev.ret == -(libc::EINPROGRESS as i64);
@@ -611,6 +627,7 @@ impl Records {
             &NETWORK_ACTIVITY,
             activity_id,
             activity,
+            egress::severity(ev),
         );
         let family = if ev.remote.family != 0 {
             ev.remote.family
@@ -646,6 +663,7 @@ impl Records {
             _ => {}
         }
         status(&mut obj, ev.ret, ev.ret >= 0 || in_progress);
+        egress::decision(&mut obj, ev, versions);
         Record { kind: name, obj }
     }
 
@@ -801,5 +819,6 @@ impl Records {
     }
 }
 
+mod egress;
 #[cfg(test)]
 mod tests;

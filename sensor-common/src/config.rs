@@ -13,5 +13,11 @@ pub struct SensorConfig {
     pub mode: u32,
     /// agentd's own process id: its activity is never reported (it would feed back into itself).
     pub self_tgid: u32,
+    /// Non-zero: deny the egress of processes in a new cgroup outside every agent's while agentd
+    /// resolves it (`[sensor] pending_egress = "deny"`, and some enforced agent is selected by
+    /// cgroup: the new cgroup may be its).
+    pub pending_deny: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SensorConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<SensorConfig>() == 16);

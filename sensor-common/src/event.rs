@@ -362,10 +362,16 @@ pub struct NetEvent {
     pub protocol: u32,
     /// `listen` backlog, or the listening fd for `accept`.
     pub arg: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// An `egress::VERDICT_*` (connect and UDP send of agents with a policy).
+    pub verdict: u32,
+    /// The rule that decided (`egress::RULE_*` or a rule id of the agent's policy).
+    pub rule_id: u32,
+    /// Non-zero when the destination was rewritten to agentd's DNS resolver.
+    pub redirected: u32,
+    /// The policy version that decided (see `egress::AgentPolicy::version`).
+    pub policy_version: u64,
 }
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 80 + 8 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 80 + 8 + 48 + 24 + 8);
 
 /// [`EventKind::CgroupMkdir`] and [`EventKind::CgroupRmdir`].
 #[repr(C)]

@@ -9,6 +9,8 @@
 pub const AGENT_NONE: u32 = 0;
 /// The process runs in a cgroup created so recently that agentd has not yet matched it against
 /// the cgroup selectors; agentd resolves such bindings as soon as it reads the cgroup's creation.
+/// In a pending binding, [`AgentRef::selector_id`] holds the agent of the nearest bound cgroup
+/// above the new one (0: none): egress is decided as that agent's until agentd resolves it.
 pub const AGENT_PENDING: u32 = u32::MAX;
 
 /// An agent identity and the selector that matched it. Ids are assigned by agentd from the

@@ -20,12 +20,14 @@
 //! - [`identity`]: how a process is bound to an agent identity in the kernel.
 //! - [`offsets`]: kernel struct field offsets, read from BTF by agentd and handed to the programs.
 //! - [`config`]: run-time settings agentd writes into the `CONFIG` map.
+//! - [`egress`]: egress policy maps (per-agent allowlists, DNS pins, quarantine).
 //! - [`loss`]: the per-CPU loss counter slots.
 //! - [`names`]: map and program names, capacities.
 #![no_std]
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod egress;
 pub mod event;
 pub mod identity;
 pub mod loss;

@@ -27,6 +27,17 @@ pub const FILE_PENDING: &str = "FILE_PENDING";
 pub const NET_PENDING: &str = "NET_PENDING";
 /// Per-CPU scratch space for building a [`crate::event::FileArgs`] off the 512-byte stack.
 pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
+/// agent id → [`crate::egress::AgentPolicy`].
+pub const AGENT_POLICY: &str = "AGENT_POLICY";
+/// LPM trie of [`crate::egress::EgressKey`] → [`crate::egress::EgressValue`].
+pub const EGRESS_RULES: &str = "EGRESS_RULES";
+/// Socket cookie → original DNS server of a redirected query, to restore the reply's source.
+pub const DNS_ORIGINAL: &str = "DNS_ORIGINAL";
+
+/// Capacity of `EGRESS_RULES`: rule prefixes and DNS pins of all agents, two generations.
+pub const MAX_EGRESS_ENTRIES: u32 = 65_536;
+/// Capacity of `DNS_ORIGINAL`: redirected DNS sockets alive at once.
+pub const MAX_DNS_SOCKETS: u32 = 16_384;
 
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -90,4 +101,8 @@ pub mod programs {
     pub const NET_LISTEN_EXIT: &str = "net_listen_exit";
     /// `tracepoint/syscalls/sys_exit_accept` and `sys_exit_accept4`.
     pub const NET_ACCEPT_EXIT: &str = "net_accept_exit";
+    /// `cgroup/recvmsg4`: restores the source of redirected DNS replies.
+    pub const NET_RECVMSG4: &str = "net_recvmsg4";
+    /// `cgroup/recvmsg6`.
+    pub const NET_RECVMSG6: &str = "net_recvmsg6";
 }

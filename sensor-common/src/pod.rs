@@ -7,6 +7,7 @@
 
 use crate::{
     config::SensorConfig,
+    egress::{AgentPolicy, EgressKey, EgressValue},
     event::{FileArgs, InodeId},
     identity::{AgentRef, Binding, ExeRule},
     offsets::KernelOffsets,
@@ -26,3 +27,9 @@ unsafe impl aya::Pod for SensorConfig {}
 unsafe impl aya::Pod for KernelOffsets {}
 // SAFETY: see the module documentation.
 unsafe impl aya::Pod for FileArgs {}
+// SAFETY: see the module documentation.
+unsafe impl aya::Pod for AgentPolicy {}
+// SAFETY: see the module documentation.
+unsafe impl aya::Pod for EgressKey {}
+// SAFETY: see the module documentation.
+unsafe impl aya::Pod for EgressValue {}

@@ -91,7 +91,9 @@ pub enum CgroupMatch {
     /// The current cgroup or its nearest matching ancestor names an agent.
     Agent(AgentRef),
     /// No match yet, but the cgroup (or an ancestor) is so new that agentd has not resolved it.
-    Pending,
+    /// Carries the agent of the nearest bound ancestor above the new cgroup (0: none): the
+    /// process may belong to a more specific agent, or still to that one.
+    Pending(u32),
     /// No match.
     None,
 }
@@ -129,7 +131,7 @@ pub fn match_cgroup() -> CgroupMatch {
         level += 1;
     }
     if pending {
-        return CgroupMatch::Pending;
+        return CgroupMatch::Pending(found.map_or(0, |a| a.agent_id));
     }
     match found {
         Some(agent) => CgroupMatch::Agent(agent),

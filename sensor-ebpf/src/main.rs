@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod binding;
+mod egress;
 mod emit;
 mod hooks;
 mod maps;

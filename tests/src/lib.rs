@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod net;
+
 pub use serde_json::Value;
 
 /// The agentd binary under test: `$CUSTOS_AGENTD`, else the release build in this workspace.
@@ -178,10 +180,28 @@ impl Drop for Cgroup {
     }
 }
 
-/// A private directory for agentd's files: configuration, log, key, export. It outlives the
-/// agentd processes started in it, so a test can stop and restart agentd on the same log.
+/// A private directory for agentd's files: configuration, log, key, export, state; a private
+/// bpffs directory for its pins; a private range of resolver ports. It outlives the agentd
+/// processes started in it, so a test can stop and restart agentd on the same log and pins.
+/// Dropping it removes the pins, which detaches the programs agentd left attached.
 pub struct Dirs {
     dir: tempfile::TempDir,
+    pins: PathBuf,
+    port_base: u16,
+}
+
+/// Ports below the kernel's ephemeral range, distinct for each [`Dirs`] of a test process and,
+/// with the pid in the mix, across test processes.
+fn next_port_base() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 30;
+    16_000 + (std::process::id() % 50) as u16 * 300 + slot as u16 * 10
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
 }
 
 impl Default for Dirs {
@@ -195,7 +215,24 @@ impl Dirs {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            pins: Path::new("/sys/fs/bpf/custos-tests").join(unique("pins")),
+            port_base: next_port_base(),
         }
+    }
+
+    /// Where agentd pins its maps and links.
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
+    /// agentd's state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The first resolver port (the configuration's first agent's).
+    pub fn port_base(&self) -> u16 {
+        self.port_base
     }
 
     /// The directory.
@@ -240,7 +277,36 @@ const AGENTD_TIMEOUT: Duration = Duration::from_secs(60);
 /// configuration has its own.
 fn write_config(dirs: &Dirs, config: &str) -> PathBuf {
     let path = dirs.path().join("agentd.toml");
+    let text = with_private_paths(dirs, config);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// `config` with `[log]` in `dirs` (unless it has its own), and pins, state and resolver
+/// ports private to `dirs` (added to its `[sensor]` and `[dns]` tables, or as new tables).
+pub fn with_private_paths(dirs: &Dirs, config: &str) -> String {
     let mut text = config.to_owned();
+    let mut add = |table: &str, lines: String| {
+        if let Some(at) = text.find(&format!("[{table}]\n")) {
+            let at = at + table.len() + 3;
+            text.insert_str(at, &lines);
+        } else {
+            text = format!("[{table}]\n{lines}\n{text}");
+        }
+    };
+    if !config.contains("pin_dir") {
+        add(
+            "sensor",
+            format!(
+                "pin_dir = \"{}\"\nstate_dir = \"{}\"\n",
+                dirs.pins().display(),
+                dirs.state().display()
+            ),
+        );
+    }
+    if !config.contains("port_base") {
+        add("dns", format!("port_base = {}\n", dirs.port_base()));
+    }
     if !text.contains("[log]") {
         text = format!(
             "[log]\ndir = \"{}\"\nkey = \"{}\"\n\n{text}",
@@ -248,8 +314,7 @@ fn write_config(dirs: &Dirs, config: &str) -> PathBuf {
             dirs.key().display()
         );
     }
-    std::fs::write(&path, text).expect("write config");
-    path
+    text
 }
 
 impl Agentd {

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use custos_tests::{agentd_path, cgroup_root};
+use custos_tests::{Dirs, agentd_path, cgroup_root, with_private_paths};
 
 fn agentd_with_config(config: &str) -> (Output, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -97,19 +97,16 @@ fn configuration_mistakes_name_file_line_and_field() {
 /// Runs agentd (with its files in a private directory) with `setup` applied in the child
 /// between fork and exec.
 fn agentd_in(setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agentd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n[output]\nevents = \"{0}/events.jsonl\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dirs = Dirs::new();
+    let config = dirs.path().join("agentd.toml");
+    let text = with_private_paths(
+        &dirs,
+        &format!("[output]\nevents = \"{}\"\n", dirs.events().display()),
+    );
+    std::fs::write(&config, text).unwrap();
     // Readable by the unprivileged user of the not-root test.
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dirs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = Command::new(agentd_path());
     cmd.arg("--config").arg(&config);

@@ -6,6 +6,10 @@
 //!   commit-to-signed-checkpoint latency at 50,000 records/s, bytes stored per record.
 //! - `sensor`: the real agentd under a file-open workload at rising rates: records written to
 //!   the log per second, losses, agentd's CPU, and its memory idle and under load.
+//! - `egress`: the time of `connect()` (TCP and UDP, loopback) for an enforced agent, an agent
+//!   without a policy, a process outside every agent, and with no agentd at all; the time of a
+//!   DNS answer through agentd's resolver against asking the upstream (dnsmasq) directly.
+//!   Variants alternate round by round; each figure is the median of the rounds' medians.
 
 use std::{
     fs,
@@ -22,7 +26,7 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// What to measure: `log`, `sensor`, or `all`.
+    /// What to measure: `log`, `sensor`, `egress`, or `all`.
     #[arg(default_value = "all")]
     what: String,
     /// Seconds per sensor load step.
@@ -72,6 +76,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             bail!("the sensor benchmark loads eBPF programs: run it as root");
         }
         results.push(("sensor".to_owned(), bench_sensor(&root, options.seconds)?));
+    }
+    if matches!(options.what.as_str(), "egress" | "all") {
+        if !util::is_root() {
+            bail!("the egress benchmark loads eBPF programs: run it as root");
+        }
+        results.push(("egress".to_owned(), crate::bench_egress::run(&root)?));
     }
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
@@ -172,7 +182,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     mountinfo
         .lines()
@@ -185,23 +195,37 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
 }
 
 /// A running agentd for a benchmark, in a scratch directory.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     dir: PathBuf,
+    pins: PathBuf,
 }
 
 impl Daemon {
     fn start(root: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(
+            root,
+            name,
+            "[[agent]]\nname = \"bench\"\nselectors = [{ cgroup = \"custos-bench.slice/*.scope\" }]\n",
+        )
+    }
+
+    /// Starts agentd with `agents` (TOML: `[dns]` and `[[agent]]` tables) and its files, pins and
+    /// state private to the benchmark.
+    pub(crate) fn start_with(root: &Path, name: &str, agents: &str) -> anyhow::Result<Self> {
         let dir = root.join("target/bench").join(name);
+        let pins = PathBuf::from(format!("/sys/fs/bpf/custos-bench-{name}"));
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&pins);
         fs::create_dir_all(&dir)?;
         let config = dir.join("agentd.toml");
         fs::write(
             &config,
             format!(
                 "[output]\nevents = \"\"\n[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n\
-                 [[agent]]\nname = \"bench\"\nselectors = [{{ cgroup = \"custos-bench.slice/*.scope\" }}]\n",
-                dir.display()
+                 [sensor]\npin_dir = \"{1}\"\nstate_dir = \"{0}/state\"\n{agents}",
+                dir.display(),
+                pins.display()
             ),
         )?;
         let mut child = Command::new(root.join("target/release/agentd"))
@@ -226,7 +250,7 @@ impl Daemon {
         }
         // Keep draining its messages so it never blocks on a full pipe.
         thread::spawn(move || for _ in lines {});
-        Ok(Self { child, dir })
+        Ok(Self { child, dir, pins })
     }
 
     fn pid(&self) -> u32 {
@@ -234,10 +258,12 @@ impl Daemon {
     }
 
     /// Stops agentd; returns (file.open records, lost file records) from its log.
-    fn stop(mut self) -> anyhow::Result<(u64, u64)> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<(u64, u64)> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
+        // agentd leaves its programs attached (fail closed); the benchmark takes them away.
+        let _ = fs::remove_dir_all(&self.pins);
         let (mut opens, mut lost) = (0, 0);
         for entry in fs::read_dir(self.dir.join("log"))?.flatten() {
             if entry.path().extension().is_some_and(|e| e == "seg") {

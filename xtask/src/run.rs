@@ -110,6 +110,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     let status = agentd.wait().context("waiting for agentd")?;
+    // A real deployment keeps its programs attached after agentd exits (fail closed); a demo
+    // leaves nothing behind.
+    let removed = Command::new(root.join("target/release/agentd"))
+        .arg("--remove-pins")
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !removed.is_ok_and(|s| s.success()) {
+        eprintln!("could not remove agentd's pins: run `target/release/agentd --remove-pins`");
+    }
     if !status.success() {
         bail!("agentd exited with {status}");
     }

@@ -4,7 +4,9 @@
 //! 1. `rust-src` for the nightly toolchain (aya-build compiles `core` for the BPF target);
 //! 2. bpf-linker 0.13.0 linked against the LLVM the nightly rustc ships (a plain
 //!    `cargo install bpf-linker` wants a system LLVM the machines do not have);
-//! 3. bpffs and tracefs mounted (agentd mounts them too, but the tests read them).
+//! 3. bpffs and tracefs mounted (agentd mounts them too, but the tests read them);
+//! 4. the programs the end-to-end tests drive, from Debian's packages: dnsmasq (a real DNS
+//!    upstream) and iproute2 (network namespaces); the Python modules the verifiers import.
 //!
 //! Every step checks first and does nothing when the machine is already set up.
 
@@ -21,6 +23,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     mounts()?;
+    system_packages()?;
     python_packages()?;
     println!("setup: done");
     Ok(())
@@ -112,6 +115,60 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", &prefix),
     )
     .context("setup: cannot build bpf-linker")
+}
+
+/// Programs the end-to-end tests run: (program, Debian package).
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[("dnsmasq", "dnsmasq-base"), ("ip", "iproute2")];
+
+fn system_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(program, _)| {
+            let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(program).exists());
+            println!(
+                "setup: {program}: {}",
+                if found { "present" } else { "missing" }
+            );
+            !found
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        println!(
+            "setup: the end-to-end tests need {}; install them as root (`apt-get install {}`)",
+            missing.join(", "),
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    let install = |packages: &[&str]| {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    println!("setup: installing {} with apt-get", missing.join(", "));
+    if !install(&missing) {
+        // A fresh machine may have no package lists yet.
+        println!("setup: apt-get update, then installing again");
+        util::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("setup: apt-get update failed")?;
+        if !install(&missing) {
+            bail!("setup: cannot install {} with apt-get", missing.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// Python packages the independent verifiers in `tests/python` import.

@@ -3,6 +3,7 @@
 //! Every mistake is reported with the file, line, column and the dotted path of the field, and
 //! nothing half-valid is ever returned: a configuration is accepted whole or refused whole.
 
+pub mod egress;
 mod raw;
 
 use std::{
@@ -138,6 +139,8 @@ impl SelectorKind {
 /// One agent identity.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
+    /// The agent's id in the kernel maps (derived from the SPIFFE id).
+    pub id: u32,
     /// The name (last segment of the SPIFFE id).
     pub name: String,
     /// `spiffe://<trust domain>/agent/<name>`.
@@ -150,6 +153,35 @@ pub struct AgentSpec {
     pub trust_tier: TrustTier,
     /// The selectors, in the order written.
     pub selectors: Vec<SelectorKind>,
+    /// The egress policy written in the configuration, if any (policy files may add one).
+    pub egress: Option<egress::EgressPolicy>,
+}
+
+/// agentd's DNS resolver for agents with an egress policy (`[dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Where allowed queries are forwarded; empty: the nameservers of `/etc/resolv.conf`.
+    pub upstream: Vec<std::net::SocketAddr>,
+    /// The first resolver port; each agent with a policy gets the next one (127.0.0.1, ::1).
+    pub port_base: u16,
+    /// How long an answer's addresses stay allowed past their TTL.
+    pub grace: std::time::Duration,
+    /// How long to wait for the upstream.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            upstream: Vec::new(),
+            // Below the kernel's ephemeral range (32768 and up), so no client socket holds it.
+            port_base: 15300,
+            // Clients keep using addresses a little past the TTL (Cilium found the same and
+            // settled on 60 s of idle grace).
+            grace: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 /// The signed log's settings (`[log]`).
@@ -214,6 +246,17 @@ pub struct Config {
     pub trust_domain: String,
     /// The signed log.
     pub log: LogSettings,
+    /// The DNS resolver.
+    pub dns: DnsSettings,
+    /// A directory of policy files (`*.toml`), read at start and on reload.
+    pub policy_dir: Option<PathBuf>,
+    /// The bpffs directory where maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// Where agentd keeps small state (the instance lock, loss counts already reported).
+    pub state_dir: PathBuf,
+    /// `[sensor] pending_egress = "deny"`: deny egress from new cgroups outside every agent's
+    /// until agentd resolves them, while an enforced agent is selected by cgroup.
+    pub pending_egress_deny: bool,
     /// The agents.
     pub agents: Vec<AgentSpec>,
 }
@@ -261,6 +304,139 @@ impl Config {
         })?;
         Validator { text, file }.config(raw, text)
     }
+}
+
+/// The egress policies in force: the configuration's and the policy files'.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies {
+    /// Agent id → policy.
+    pub by_agent: std::collections::BTreeMap<u32, egress::EgressPolicy>,
+    /// Whether a process in a cgroup agentd has not resolved yet must be denied egress: some
+    /// enforced agent is selected by cgroup, and the new cgroup may be its.
+    pub pending_deny: bool,
+}
+
+impl Config {
+    /// Every egress policy: those in the configuration, then those in the policy directory's
+    /// `*.toml` files (in name order). An agent's policy is defined in one place only.
+    pub fn policies(&self) -> Result<Policies, ConfigError> {
+        let mut by_agent = std::collections::BTreeMap::new();
+        let mut defined: HashMap<u32, String> = HashMap::new();
+        for agent in &self.agents {
+            if let Some(policy) = &agent.egress {
+                by_agent.insert(agent.id, policy.clone());
+                defined.insert(agent.id, self.source.clone());
+            }
+        }
+        if let Some(dir) = &self.policy_dir {
+            let read_error = |message: String| ConfigError {
+                file: dir.display().to_string(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message,
+            };
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|err| read_error(format!("cannot read the policy directory: {err}")))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            files.sort();
+            for path in files {
+                let file = path.display().to_string();
+                let text = std::fs::read_to_string(&path).map_err(|err| ConfigError {
+                    file: file.clone(),
+                    line: None,
+                    column: None,
+                    field: String::new(),
+                    message: format!("cannot read the file: {err}"),
+                })?;
+                for (agent_id, span, policy) in parse_policy_file(&text, &file, &self.agents)? {
+                    if let Some(previous) = defined.get(&agent_id) {
+                        let name = self
+                            .agents
+                            .iter()
+                            .find(|a| a.id == agent_id)
+                            .map_or("", |a| a.name.as_str());
+                        let (line, column) = position(&text, span.start);
+                        return Err(ConfigError {
+                            file,
+                            line,
+                            column,
+                            field: "egress.agent".into(),
+                            message: format!(
+                                "agent {name:?} already has an egress policy (in {previous})"
+                            ),
+                        });
+                    }
+                    defined.insert(agent_id, file.clone());
+                    by_agent.insert(agent_id, policy);
+                }
+            }
+        }
+        let pending_deny = self.pending_egress_deny
+            && by_agent.iter().any(|(id, policy)| {
+                policy.mode == egress::EgressMode::Enforce
+                    && self.agents.iter().any(|a| {
+                        a.id == *id
+                            && a.selectors
+                                .iter()
+                                .any(|s| matches!(s, SelectorKind::Cgroup { .. }))
+                    })
+            });
+        Ok(Policies {
+            by_agent,
+            pending_deny,
+        })
+    }
+}
+
+/// Parses a policy file: `[[egress]]` tables naming configured agents.
+fn parse_policy_file(
+    text: &str,
+    file: &str,
+    agents: &[AgentSpec],
+) -> Result<Vec<(u32, Range<usize>, egress::EgressPolicy)>, ConfigError> {
+    let raw: egress::RawPolicyFile = toml::from_str(text).map_err(|err| {
+        let (line, column) = match err.span() {
+            Some(span) => position(text, span.start),
+            None => (None, None),
+        };
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            field: String::new(),
+            message: err.message().trim_end().to_owned(),
+        }
+    })?;
+    let validator = Validator { text, file };
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in raw.egress.iter().enumerate() {
+        let e = entry.get_ref();
+        let Some(agent) = agents.iter().find(|a| a.name == *e.agent.get_ref()) else {
+            return Err(validator.error(
+                e.agent.span(),
+                format!("egress[{i}].agent"),
+                format!(
+                    "no agent named {:?} in the configuration",
+                    e.agent.get_ref()
+                ),
+            ));
+        };
+        if !seen.insert(agent.id) {
+            return Err(validator.error(
+                e.agent.span(),
+                format!("egress[{i}].agent"),
+                format!("agent {:?} has two policies in this file", agent.name),
+            ));
+        }
+        let policy = validator.egress(&format!("egress[{i}]"), &e.mode, &e.allow, entry.span())?;
+        out.push((agent.id, e.agent.span(), policy));
+    }
+    Ok(out)
 }
 
 fn position(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
@@ -363,6 +539,42 @@ impl Validator<'_> {
         };
 
         let log = self.log(&raw.log)?;
+        let dns = self.dns(&raw.dns)?;
+        let abs = |value: &Option<Spanned<String>>,
+                   field: &str,
+                   default: &str|
+         -> Result<PathBuf, ConfigError> {
+            match value {
+                None => Ok(PathBuf::from(default)),
+                Some(v) if Path::new(v.get_ref()).is_absolute() => Ok(PathBuf::from(v.get_ref())),
+                Some(v) => Err(self.error(v.span(), field, "must be an absolute path")),
+            }
+        };
+        let pin_dir = abs(&raw.sensor.pin_dir, "sensor.pin_dir", "/sys/fs/bpf/custos")?;
+        let pending_egress_deny = match &raw.sensor.pending_egress {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "allow" => false,
+                "deny" => true,
+                other => {
+                    return Err(self.error(
+                        v.span(),
+                        "sensor.pending_egress",
+                        format!("unknown value {other:?}: expected \"allow\" or \"deny\""),
+                    ));
+                }
+            },
+        };
+        let state_dir = abs(
+            &raw.sensor.state_dir,
+            "sensor.state_dir",
+            "/var/lib/custos/state",
+        )?;
+        let policy_dir = match &raw.policy.dir {
+            None => None,
+            Some(dir) if dir.get_ref().is_empty() => None,
+            Some(_) => Some(abs(&raw.policy.dir, "policy.dir", "")?),
+        };
 
         let mut agents = Vec::with_capacity(raw.agents.len());
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -394,7 +606,49 @@ impl Validator<'_> {
                     ));
                 }
             }
+            // Ids derive from names; two names hashing alike are astronomically unlikely, but a
+            // collision would merge two agents in the kernel, so it is refused.
+            let ids = agents.iter().map(|a: &AgentSpec| a.id);
+            if ids.clone().any(|id| id == spec.id) {
+                return Err(self.error(
+                    span.clone(),
+                    format!("agent[{index}].name"),
+                    "this name's id collides with another agent's; rename it",
+                ));
+            }
+            let mut selector_ids: std::collections::HashSet<u32> = agents
+                .iter()
+                .flat_map(|a| {
+                    a.selectors
+                        .iter()
+                        .map(|k| crate::identity::registry::selector_id(&a.spiffe_id, k))
+                })
+                .collect();
+            for (s, kind) in spec.selectors.iter().enumerate() {
+                if !selector_ids.insert(crate::identity::registry::selector_id(
+                    &spec.spiffe_id,
+                    kind,
+                )) {
+                    return Err(self.error(
+                        span.clone(),
+                        format!("agent[{index}].selectors[{s}]"),
+                        "this selector's id collides with another; change it slightly",
+                    ));
+                }
+            }
             agents.push(spec);
+        }
+        if dns.port_base as usize + agents.len() > usize::from(u16::MAX) + 1 {
+            let span = raw.dns.port_base.as_ref().map_or(0..0, Spanned::span);
+            return Err(self.error(
+                span,
+                "dns.port_base",
+                format!(
+                    "{} agents need ports {} and up, past 65535",
+                    agents.len(),
+                    dns.port_base
+                ),
+            ));
         }
 
         Ok(Config {
@@ -406,8 +660,61 @@ impl Validator<'_> {
             stdout: raw.output.stdout.unwrap_or(false),
             trust_domain,
             log,
+            dns,
+            policy_dir,
+            pin_dir,
+            state_dir,
+            pending_egress_deny,
             agents,
         })
+    }
+
+    fn dns(&self, raw: &raw::RawDns) -> Result<DnsSettings, ConfigError> {
+        let mut dns = DnsSettings::default();
+        if let Some(upstream) = &raw.upstream {
+            for (i, server) in upstream.iter().enumerate() {
+                let text = server.get_ref();
+                let addr = text
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        text.parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        self.error(
+                            server.span(),
+                            format!("dns.upstream[{i}]"),
+                            format!("{text:?} is not an address (ip or ip:port)"),
+                        )
+                    })?;
+                dns.upstream.push(addr);
+            }
+        }
+        let range = |value: &Option<Spanned<u64>>,
+                     field: &str,
+                     min: u64,
+                     max: u64|
+         -> Result<Option<u64>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
+                Some(v) => Err(self.error(
+                    v.span(),
+                    field,
+                    format!("{} is outside {min}..={max}", v.get_ref()),
+                )),
+            }
+        };
+        if let Some(port) = range(&raw.port_base, "dns.port_base", 1024, 60_000)? {
+            dns.port_base = port as u16;
+        }
+        if let Some(secs) = range(&raw.grace_seconds, "dns.grace_seconds", 0, 86_400)? {
+            dns.grace = std::time::Duration::from_secs(secs);
+        }
+        if let Some(ms) = range(&raw.timeout_ms, "dns.timeout_ms", 50, 30_000)? {
+            dns.timeout = std::time::Duration::from_millis(ms);
+        }
+        Ok(dns)
     }
 
     fn log(&self, raw: &raw::RawLog) -> Result<LogSettings, ConfigError> {
@@ -549,8 +856,20 @@ impl Validator<'_> {
                 span,
             )?);
         }
+        let egress = match &raw.egress {
+            None => None,
+            Some(e) => Some(self.egress(
+                &field("egress"),
+                &e.get_ref().mode,
+                &e.get_ref().allow,
+                e.span(),
+            )?),
+        };
+        let spiffe_id = format!("spiffe://{trust_domain}/agent/{name}");
         Ok(AgentSpec {
-            spiffe_id: format!("spiffe://{trust_domain}/agent/{name}"),
+            egress,
+            id: crate::identity::registry::stable_id(&spiffe_id),
+            spiffe_id,
             name: name.clone(),
             owner: raw.owner.map(Spanned::into_inner).unwrap_or_default(),
             scopes,

@@ -12,6 +12,8 @@ pub struct RawConfig {
     pub output: RawOutput,
     pub identity: RawIdentity,
     pub log: RawLog,
+    pub dns: RawDns,
+    pub policy: RawPolicy,
     #[serde(rename = "agent")]
     pub agents: Vec<Spanned<RawAgent>>,
 }
@@ -21,6 +23,24 @@ pub struct RawConfig {
 pub struct RawSensor {
     pub mode: Option<Spanned<String>>,
     pub ring_buffer_bytes: Option<Spanned<u64>>,
+    pub pin_dir: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub pending_egress: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDns {
+    pub upstream: Option<Vec<Spanned<String>>>,
+    pub port_base: Option<Spanned<u64>>,
+    pub grace_seconds: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPolicy {
+    pub dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +81,8 @@ pub struct RawAgent {
     pub trust_tier: Option<Spanned<String>>,
     #[serde(default)]
     pub selectors: Vec<Spanned<RawSelector>>,
+    #[serde(default)]
+    pub egress: Option<Spanned<super::egress::RawEgress>>,
 }
 
 /// One selector: exactly one of `cgroup`, `executable`, `uid`, `gid` (and `sha256` only with

@@ -46,6 +46,25 @@ pub trait IdentityMaps {
     fn clear_binding(&mut self, tgid: u32);
     /// A process's binding, if it has one.
     fn binding(&self, tgid: u32) -> Option<Binding>;
+    /// Every key of the selector maps (re-adopted maps may hold an earlier configuration's).
+    fn selector_keys(&self) -> SelectorKeys;
+    /// Unbinds a uid.
+    fn clear_uid(&mut self, uid: u32);
+    /// Unbinds a gid.
+    fn clear_gid(&mut self, gid: u32);
+}
+
+/// The keys of the selector maps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SelectorKeys {
+    /// Bound cgroups.
+    pub cgroups: Vec<u64>,
+    /// Bound executables.
+    pub exes: Vec<InodeId>,
+    /// Bound uids.
+    pub uids: Vec<u32>,
+    /// Bound gids.
+    pub gids: Vec<u32>,
 }
 
 macro_rules! write {
@@ -119,6 +138,23 @@ impl IdentityMaps for KernelMaps {
     fn binding(&self, tgid: u32) -> Option<Binding> {
         self.bindings.get(&tgid, 0).ok()
     }
+
+    fn selector_keys(&self) -> SelectorKeys {
+        SelectorKeys {
+            cgroups: self.cgroup_agents.keys().filter_map(Result::ok).collect(),
+            exes: self.exe_agents.keys().filter_map(Result::ok).collect(),
+            uids: self.uid_agents.keys().filter_map(Result::ok).collect(),
+            gids: self.gid_agents.keys().filter_map(Result::ok).collect(),
+        }
+    }
+
+    fn clear_uid(&mut self, uid: u32) {
+        let _ = self.uid_agents.remove(&uid);
+    }
+
+    fn clear_gid(&mut self, gid: u32) {
+        let _ = self.gid_agents.remove(&gid);
+    }
 }
 
 /// In-memory maps for unit tests.
@@ -186,5 +222,22 @@ impl IdentityMaps for FakeMaps {
 
     fn binding(&self, tgid: u32) -> Option<Binding> {
         self.bindings.get(&tgid).copied()
+    }
+
+    fn selector_keys(&self) -> SelectorKeys {
+        SelectorKeys {
+            cgroups: self.cgroups.keys().copied().collect(),
+            exes: self.exes.keys().copied().collect(),
+            uids: self.uids.keys().copied().collect(),
+            gids: self.gids.keys().copied().collect(),
+        }
+    }
+
+    fn clear_uid(&mut self, uid: u32) {
+        self.uids.remove(&uid);
+    }
+
+    fn clear_gid(&mut self, gid: u32) {
+        self.gids.remove(&gid);
     }
 }

@@ -168,7 +168,56 @@ impl Identity {
                 _ => {}
             }
         }
+        self.remove_stale(maps);
         Ok(changes)
+    }
+
+    /// Removes what the maps hold beyond the current configuration: maps re-adopted from an
+    /// earlier run may carry its selectors. Done after the new entries are written, so a
+    /// selector present in both runs is never missing for a moment.
+    fn remove_stale(&self, maps: &mut impl IdentityMaps) {
+        let keys = maps.selector_keys();
+        for id in keys
+            .cgroups
+            .into_iter()
+            .filter(|id| !self.cgroup_bound.contains_key(id))
+        {
+            maps.clear_cgroup(id);
+        }
+        for inode in keys
+            .exes
+            .into_iter()
+            .filter(|i| !self.exe_bound.values().any(|b| b == i))
+        {
+            maps.clear_exe(inode);
+        }
+        let configured = |want: fn(&SelectorKind) -> Option<u32>| -> Vec<u32> {
+            self.registry
+                .selectors()
+                .iter()
+                .filter_map(|s| want(&s.kind))
+                .collect()
+        };
+        let uids = configured(|k| {
+            if let SelectorKind::Uid(u) = k {
+                Some(*u)
+            } else {
+                None
+            }
+        });
+        let gids = configured(|k| {
+            if let SelectorKind::Gid(g) = k {
+                Some(*g)
+            } else {
+                None
+            }
+        });
+        for uid in keys.uids.into_iter().filter(|u| !uids.contains(u)) {
+            maps.clear_uid(uid);
+        }
+        for gid in keys.gids.into_iter().filter(|g| !gids.contains(g)) {
+            maps.clear_gid(gid);
+        }
     }
 
     fn bind_cgroup(
@@ -335,6 +384,8 @@ impl Identity {
             // start is this process's; anything else belongs to an earlier holder of the pid.
             if let Some(existing) = maps.binding(proc.pid)
                 && existing.start_ns.abs_diff(proc.start_ns) <= tick_ns
+                && (existing.agent.agent_id == AGENT_PENDING
+                    || self.registry.agent(existing.agent.agent_id).is_some())
             {
                 bound.insert(proc.pid, existing);
                 continue;
@@ -349,6 +400,10 @@ impl Identity {
                 };
                 maps.set_binding(proc.pid, binding)?;
                 bound.insert(proc.pid, binding);
+            } else if maps.binding(proc.pid).is_some() {
+                // An earlier run's binding to an agent that is no longer configured, or of an
+                // earlier holder of the pid.
+                maps.clear_binding(proc.pid);
             }
         }
         Ok(bound)

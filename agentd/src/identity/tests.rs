@@ -10,6 +10,11 @@ fn identity(config: &str, root: &Path) -> Identity {
     Identity::new(Registry::new(&config), root.to_owned())
 }
 
+/// The `n`th selector of the configuration (in order), as the kernel maps hold it.
+fn sel(identity: &Identity, n: usize) -> AgentRef {
+    identity.registry().selectors()[n].agent_ref()
+}
+
 fn ino(path: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
@@ -30,30 +35,51 @@ fn sync_binds_matching_cgroups_and_clears_pending() {
     let changes = id.sync(&mut maps).unwrap();
     let bound = ino(&root.path().join("system.slice/agent-a.service"));
     assert_eq!(maps.cgroups.len(), 1);
-    assert_eq!(
-        maps.cgroups[&bound],
-        AgentRef {
-            agent_id: 1,
-            selector_id: 1
-        }
-    );
+    assert_eq!(maps.cgroups[&bound], sel(&id, 0));
     assert!(maps.pending.is_empty());
-    assert_eq!(
-        maps.uids[&4242],
-        AgentRef {
-            agent_id: 1,
-            selector_id: 2
-        }
-    );
+    assert_eq!(maps.uids[&4242], sel(&id, 1));
     assert_eq!(
         changes,
         vec![IdentityChange::CgroupBound {
-            selector_id: 1,
-            agent_id: 1,
+            selector_id: sel(&id, 0).selector_id,
+            agent_id: sel(&id, 0).agent_id,
             cgroup_id: bound,
             path: "system.slice/agent-a.service".into()
         }]
     );
+}
+
+/// Maps re-adopted from an earlier run with another configuration: what the new one does not
+/// declare is removed, what it does is kept.
+#[test]
+fn sync_removes_an_earlier_configurations_selectors() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("a")).unwrap();
+    let mut id = identity(
+        "[[agent]]\nname = \"a\"\nselectors = [{ cgroup = \"a\" }, { gid = 7 }]\n",
+        root.path(),
+    );
+    let stale = AgentRef {
+        agent_id: 99,
+        selector_id: 99,
+    };
+    let mut maps = FakeMaps::default();
+    maps.cgroups.insert(12345, stale);
+    maps.uids.insert(1000, stale);
+    maps.gids.insert(8, stale);
+    maps.exes.insert(
+        InodeId {
+            dev: 1,
+            ino: 2,
+            ..Default::default()
+        },
+        ExeRule::default(),
+    );
+    id.sync(&mut maps).unwrap();
+    assert_eq!(maps.cgroups.len(), 1);
+    assert!(!maps.cgroups.contains_key(&12345));
+    assert!(maps.uids.is_empty() && maps.exes.is_empty());
+    assert_eq!(maps.gids.keys().collect::<Vec<_>>(), vec![&7]);
 }
 
 #[test]
@@ -105,24 +131,19 @@ fn executable_bound_only_when_the_hash_matches() {
     );
     let mut id = identity(&config, dir.path());
     let mut maps = FakeMaps::default();
-    let change = id.check_exe(&mut maps, 1).unwrap();
+    let selector = sel(&id, 0).selector_id;
+    let change = id.check_exe(&mut maps, selector).unwrap();
     assert!(
         matches!(change, IdentityChange::ExeBound { .. }),
         "{change:?}"
     );
     let stamp = exe::stamp(&tool).unwrap();
-    assert_eq!(
-        maps.exes[&stamp.inode].agent,
-        AgentRef {
-            agent_id: 1,
-            selector_id: 1
-        }
-    );
+    assert_eq!(maps.exes[&stamp.inode].agent, sel(&id, 0));
     assert_eq!(maps.exes[&stamp.inode].ctime_sec, stamp.ctime_sec);
 
     // The file changes: the binding goes, and the refusal says why.
     std::fs::write(&tool, b"abd").unwrap();
-    let change = id.check_exe(&mut maps, 1).unwrap();
+    let change = id.check_exe(&mut maps, selector).unwrap();
     match change {
         IdentityChange::ExeRefused {
             reason,
@@ -138,7 +159,7 @@ fn executable_bound_only_when_the_hash_matches() {
     // A missing file is refused, not an error.
     std::fs::remove_file(&tool).unwrap();
     assert!(matches!(
-        id.check_exe(&mut maps, 1).unwrap(),
+        id.check_exe(&mut maps, selector).unwrap(),
         IdentityChange::ExeRefused {
             actual_sha256: None,
             ..
@@ -160,8 +181,10 @@ fn resolution_precedence() {
     );
     let mut id = identity(&config, dir.path());
     let mut maps = FakeMaps::default();
-    id.check_exe(&mut maps, 2).unwrap();
+    let exe_selector = sel(&id, 1).selector_id;
+    id.check_exe(&mut maps, exe_selector).unwrap();
     let exe = Some(exe::stamp(&tool).unwrap().inode);
+    let agent = |n: usize| sel(&id, n).agent_id;
     let agent_of = |facts: ProcessFacts<'_>, parent: Option<&Binding>| {
         id.resolve(&facts, parent)
             .map(|(agent, how)| (agent.agent_id, how))
@@ -177,7 +200,7 @@ fn resolution_precedence() {
             },
             None
         ),
-        Some((1, HOW_DIRECT))
+        Some((agent(0), HOW_DIRECT))
     );
     assert_eq!(
         agent_of(
@@ -189,7 +212,7 @@ fn resolution_precedence() {
             },
             None
         ),
-        Some((2, HOW_DIRECT))
+        Some((agent(1), HOW_DIRECT))
     );
     assert_eq!(
         agent_of(
@@ -201,7 +224,7 @@ fn resolution_precedence() {
             },
             None
         ),
-        Some((3, HOW_DIRECT))
+        Some((agent(2), HOW_DIRECT))
     );
     assert_eq!(
         agent_of(
@@ -213,13 +236,10 @@ fn resolution_precedence() {
             },
             None
         ),
-        Some((4, HOW_DIRECT))
+        Some((agent(3), HOW_DIRECT))
     );
     let parent = Binding {
-        agent: AgentRef {
-            agent_id: 3,
-            selector_id: 3,
-        },
+        agent: sel(&id, 2),
         how: HOW_DIRECT,
         _pad: 0,
         start_ns: 1,
@@ -234,7 +254,7 @@ fn resolution_precedence() {
             },
             Some(&parent)
         ),
-        Some((3, HOW_INHERITED))
+        Some((agent(2), HOW_INHERITED))
     );
     assert_eq!(
         agent_of(

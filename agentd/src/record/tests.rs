@@ -30,10 +30,7 @@ fn header(kind: EventKind) -> EventHeader {
         cgroup_id: 9,
         uid: 7,
         gid: 8,
-        agent: AgentRef {
-            agent_id: 1,
-            selector_id: 1,
-        },
+        agent: registry().selectors()[0].agent_ref(),
         how: HOW_DIRECT,
         _pad: 0,
         comm,
@@ -91,7 +88,7 @@ fn every_record_kind_is_canonical() {
     assert_eq!(value["agent"]["uid"], "spiffe://custos.local/agent/a");
     assert_eq!(
         value["agent"]["selector"],
-        json!({ "id": 1, "type": "uid", "value": "7" })
+        json!({ "id": registry.selectors()[0].id, "type": "uid", "value": "7" })
     );
     assert_eq!(value["process"]["argv"], json!(["tool", "-x", "\"q\""]));
     assert_eq!(value["process"]["file"]["path"], "/usr/bin/\u{fffd}tool");
@@ -185,18 +182,76 @@ fn every_record_kind_is_canonical() {
         sock_type: 1,
         protocol: 6,
         arg: 0,
-        _pad: 0,
+        verdict: 0,
+        rule_id: 0,
+        redirected: 0,
+        policy_version: 0,
     };
-    let value = checked(&records.net(&registry, &procs, &connect));
+    let no_versions = crate::egress::state::Versions::default();
+    let value = checked(&records.net(&registry, &procs, &connect, &no_versions));
     assert_eq!(value["dst_endpoint"], json!({ "ip": "::1", "port": 443 }));
     assert_eq!(
         (value["in_progress"].as_bool(), value["status"].as_str()),
         (Some(true), Some("Success"))
     );
+    assert!(value.get("egress").is_none(), "no policy, no decision");
 
+    // A denied connect names the rule and the policy version in force.
+    let (versions, change) = egress_versions(connect.hdr.agent.agent_id);
+    let denied = NetEvent {
+        ret: -(libc::EPERM as i64),
+        verdict: sensor_common::egress::VERDICT_DENY,
+        rule_id: sensor_common::egress::RULE_DEFAULT,
+        policy_version: change
+            .info
+            .as_ref()
+            .map(|i| u64::from_str_radix(&i.hash[..16], 16).unwrap())
+            .unwrap(),
+        ..connect
+    };
+    let value = checked(&records.net(&registry, &procs, &denied, &versions.read().unwrap()));
+    assert_eq!(value["egress"]["verdict"], "deny");
+    assert_eq!(value["egress"]["mode"], "enforce");
+    assert_eq!(
+        value["egress"]["rule"]["text"],
+        "no rule matched (default deny)"
+    );
+    assert_eq!(value["egress"]["policy_sha256"], json!(change.new));
+    assert_eq!(
+        (value["action"].as_str(), value["disposition"].as_str()),
+        (Some("Denied"), Some("Blocked"))
+    );
+    assert_eq!(value["severity_id"], 3);
+    assert_eq!(value["status_code"], "EPERM");
+    let allowed = NetEvent {
+        ret: 0,
+        verdict: sensor_common::egress::VERDICT_ALLOW,
+        rule_id: 1,
+        ..denied
+    };
+    let value = checked(&records.net(&registry, &procs, &allowed, &versions.read().unwrap()));
+    assert_eq!(
+        value["egress"]["rule"],
+        json!({ "id": 1, "text": "tcp 10.0.0.0/8:443" })
+    );
+    let value = checked(&records.policy_change(&registry, &change, "start"));
+    assert_eq!(value["policy"]["rules"][0]["text"], "tcp 10.0.0.0/8:443");
+    assert_eq!(value["activity_name"], "Create");
+    let error = crate::config::ConfigError {
+        file: "/etc/custos/policies/a.toml".into(),
+        line: Some(3),
+        column: Some(9),
+        field: "egress[0].allow[0].cidr".into(),
+        message: "bad".into(),
+    };
+    let value = checked(&records.policy_refused(&error, &[(7, "ab".into())]));
+    assert_eq!(value["error"]["line"], 3);
+    assert_eq!(value["policies_in_force"][0]["version"], "ab");
+
+    let agent = registry.selectors()[0].agent_ref();
     let change = IdentityChange::ExeRefused {
-        selector_id: 1,
-        agent_id: 1,
+        selector_id: agent.selector_id,
+        agent_id: agent.agent_id,
         path: "/x".into(),
         reason: "gone".into(),
         actual_sha256: None,
@@ -243,4 +298,46 @@ fn flags_and_errnos() {
     );
     assert_eq!(errno_name(-2), "ENOENT");
     assert_eq!(errno_name(-111), "ECONNREFUSED");
+}
+
+/// A versions table holding one enforced policy (`tcp 10.0.0.0/8:443`) for `agent`.
+fn egress_versions(
+    agent: u32,
+) -> (
+    crate::egress::state::SharedVersions,
+    crate::egress::state::PolicyChange,
+) {
+    use crate::{
+        config::{
+            Policies,
+            egress::{EgressMode, EgressPolicy, EgressRule, Protocol, Target, parse_cidr},
+        },
+        egress::{kernel::FakeKernel, state::EgressState},
+    };
+    let policy = EgressPolicy {
+        mode: EgressMode::Enforce,
+        rules: vec![EgressRule {
+            id: 1,
+            target: Target::Cidr(parse_cidr("10.0.0.0/8").unwrap()),
+            ports: vec![(443, 443)],
+            protocol: Protocol::Tcp,
+            allow_private: false,
+        }],
+        source: "t.toml".into(),
+    };
+    let mut state = EgressState::new(
+        FakeKernel::default(),
+        Default::default(),
+        std::time::Duration::ZERO,
+    );
+    let changes = state
+        .apply(
+            &Policies {
+                by_agent: [(agent, policy)].into_iter().collect(),
+                pending_deny: false,
+            },
+            0,
+        )
+        .unwrap();
+    (state.versions(), changes.into_iter().next().unwrap())
 }

@@ -18,11 +18,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint, links::FdLink,
+    },
 };
 use sensor_common::{
     config::SensorConfig,
+    egress::{AgentPolicy, EgressKey, EgressValue},
     event::InodeId,
     identity::{AgentRef, Binding, ExeRule},
     names::{self, programs as prog},
@@ -118,6 +121,8 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (prog::NET_CONNECT6, Hook::CgroupSockAddr),
     (prog::NET_SENDMSG4, Hook::CgroupSockAddr),
     (prog::NET_SENDMSG6, Hook::CgroupSockAddr),
+    (prog::NET_RECVMSG4, Hook::CgroupSockAddr),
+    (prog::NET_RECVMSG6, Hook::CgroupSockAddr),
     (
         prog::NET_LISTEN_EXIT,
         Hook::Tracepoint("syscalls", &["sys_exit_listen"]),
@@ -174,6 +179,16 @@ pub enum SensorError {
         /// The difference.
         detail: String,
     },
+    /// Pinning in bpffs failed.
+    #[error("cannot pin {what} at {path}")]
+    Pin {
+        /// What was being pinned.
+        what: String,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        reason: String,
+    },
     /// The cgroup v2 root could not be opened.
     #[error("cannot open the cgroup v2 root {path}")]
     CgroupRoot {
@@ -212,6 +227,41 @@ pub struct LoadOptions<'a> {
     pub config: SensorConfig,
     /// The cgroup v2 mount point.
     pub cgroup_root: &'a Path,
+    /// The bpffs directory where maps and links are pinned.
+    pub pin_dir: &'a Path,
+}
+
+/// Version of the record layouts the programs write (`sensor_common::event`): part of the
+/// maps' identity, so a restarted agentd never reads a ring buffer written in another layout.
+const WIRE_VERSION: u32 = 2;
+
+/// An identifier of the map layout: the wire version and every map's type, key and value sizes,
+/// capacity and flags. Maps pinned under the same identifier are re-adopted as they are.
+pub fn layout_id(ring_bytes: u32) -> String {
+    use sha2::Digest as _;
+    let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+    let mut maps: Vec<(&String, &aya_obj::Map)> = object
+        .maps
+        .iter()
+        .filter(|(n, _)| !n.starts_with('.'))
+        .collect();
+    maps.sort_by_key(|(name, _)| *name);
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(WIRE_VERSION.to_le_bytes());
+    hasher.update(ring_bytes.to_le_bytes());
+    for (name, map) in maps {
+        hasher.update(name.as_bytes());
+        for v in [
+            map.map_type(),
+            map.key_size(),
+            map.value_size(),
+            map.max_entries(),
+            map.map_flags(),
+        ] {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// A program that is attached.
@@ -223,10 +273,52 @@ pub struct Attached {
     pub target: String,
 }
 
-/// The loaded and attached sensor. Dropping it detaches everything.
+/// The loaded and attached sensor. Its links and maps are pinned: dropping it (or agentd
+/// dying) leaves every program attached, so enforcement and identity binding go on; the next
+/// agentd re-adopts the maps and replaces the links without a gap (see [`Sensor::load`]).
 pub struct Sensor {
     ebpf: Ebpf,
     attached: Vec<Attached>,
+    adopted: bool,
+    layout: String,
+    pins: Pins,
+}
+
+/// Where this run pinned its maps and links.
+#[derive(Debug, Clone)]
+struct Pins {
+    root: PathBuf,
+    maps: PathBuf,
+    links: PathBuf,
+}
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Refuses a pin directory outside bpffs (pinning there fails with an obscure error).
+fn check_bpffs(dir: &Path) -> Result<(), SensorError> {
+    let fs = nix::sys::statfs::statfs(dir).map_err(|err| SensorError::Pin {
+        what: "the pin directory".into(),
+        path: dir.to_owned(),
+        reason: err.to_string(),
+    })?;
+    if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        return Err(SensorError::Pin {
+            what: "the pin directory".into(),
+            path: dir.to_owned(),
+            reason: "it is not on a bpf file system: set [sensor] pin_dir below /sys/fs/bpf".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes everything agentd pinned under `pin_dir`: the programs detach and the maps are freed
+/// (egress enforcement stops). For uninstalling, and for tests.
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The kernel maps agentd writes to bind identities.
@@ -243,6 +335,16 @@ pub struct KernelMaps {
     pub uid_agents: HashMap<MapData, u32, AgentRef>,
     /// gid → agent.
     pub gid_agents: HashMap<MapData, u32, AgentRef>,
+}
+
+/// The egress maps (policy, allowlists).
+pub struct EgressMaps {
+    /// agent id → policy settings.
+    pub policy: HashMap<MapData, u32, AgentPolicy>,
+    /// The allowlists.
+    pub rules: LpmTrie<MapData, EgressKey, EgressValue>,
+    /// The run-time settings (agentd updates `pending_deny` with the policy).
+    pub config: Array<MapData, SensorConfig>,
 }
 
 /// The sensor's output: the ring buffer and the loss counters.
@@ -298,7 +400,14 @@ fn program_error(program: &'static str, target: String, err: ProgramError) -> Se
 }
 
 impl Sensor {
-    /// Loads the programs into the kernel and attaches every one of them.
+    /// Loads the programs into the kernel and attaches every one of them, pinning maps and
+    /// links under `pin_dir`.
+    ///
+    /// Maps pinned by an earlier run with the same layout are re-adopted (bindings, allowlists,
+    /// loss counters and the ring buffer's unread records carry over). The new links are
+    /// attached and pinned *before* the earlier run's links are unpinned, so at no moment is a
+    /// hook missing; for a moment both run, which the hooks tolerate (the same decision, a
+    /// binding written twice).
     pub fn load(options: &LoadOptions<'_>) -> Result<Self, SensorError> {
         let vmlinux = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)).map_err(SensorError::Btf)?;
         let (offsets, missing) = vmlinux.kernel_offsets();
@@ -313,11 +422,38 @@ impl Sensor {
             })
         })?;
 
+        let pin_error = |what: &str, path: &Path, reason: String| SensorError::Pin {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            reason,
+        };
+        let layout = layout_id(options.ring_bytes);
+        let maps_dir = options.pin_dir.join(format!("maps-{layout}"));
+        let adopted = maps_dir.is_dir();
+        std::fs::create_dir_all(&maps_dir)
+            .map_err(|err| pin_error("maps", &maps_dir, err.to_string()))?;
+        check_bpffs(options.pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS_GLOBAL, &offsets, true)
             .map_max_entries(names::EVENTS, options.ring_bytes)
+            .default_map_pin_directory(&maps_dir)
             .load(OBJECT)
             .map_err(SensorError::Object)?;
+        // Links of this run go to a directory of their own; older runs' links are removed once
+        // every new link is pinned.
+        let generation = format!("{:016x}", crate::clock::BootClock::wall_now_ns());
+        let links_root = options.pin_dir.join("links");
+        let links_dir = links_root.join(&generation);
+        std::fs::create_dir_all(&links_dir)
+            .map_err(|err| pin_error("links", &links_dir, err.to_string()))?;
+        let mut link_count = 0usize;
+        let mut pin = |name: &'static str, link: FdLink| -> Result<(), SensorError> {
+            link_count += 1;
+            let path = links_dir.join(format!("{name}-{link_count}"));
+            link.pin(&path)
+                .map(drop)
+                .map_err(|err| pin_error(name, &path, err.to_string()))
+        };
 
         let mut config: Array<&mut MapData, SensorConfig> = ebpf
             .map_mut(names::CONFIG)
@@ -355,9 +491,13 @@ impl Sensor {
                     program
                         .load(tp, &aya_btf)
                         .map_err(|err| program_error(name, target.clone(), err))?;
-                    program
+                    let id = program
                         .attach()
                         .map_err(|err| program_error(name, target.clone(), err))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    pin(name, link.into())?;
                     attached.push(Attached {
                         program: name,
                         target,
@@ -372,9 +512,16 @@ impl Sensor {
                     })?;
                     for tp in tracepoints {
                         let target = format!("tracepoint/{category}/{tp}");
-                        program
+                        let id = program
                             .attach(category, tp)
                             .map_err(|err| program_error(name, target.clone(), err))?;
+                        let link = program
+                            .take_link(id)
+                            .map_err(|err| program_error(name, target.clone(), err))?;
+                        let link = FdLink::try_from(link).map_err(|err| {
+                            pin_error(name, &links_dir, format!("not an fd link: {err}"))
+                        })?;
+                        pin(name, link)?;
                         attached.push(Attached {
                             program: name,
                             target,
@@ -392,9 +539,16 @@ impl Sensor {
                     // A bpf_link attachment always coexists with other programs at the root (the
                     // kernel rejects the BPF_F_ALLOW_MULTI flag on links, hence `Single`, which
                     // passes no flag).
-                    program
+                    let id = program
                         .attach(&cgroup, CgroupAttachMode::Single)
                         .map_err(|err| program_error(name, target.clone(), err))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|err| program_error(name, target.clone(), err))?;
+                    let link = FdLink::try_from(link).map_err(|err| {
+                        pin_error(name, &links_dir, format!("not an fd link: {err}"))
+                    })?;
+                    pin(name, link)?;
                     attached.push(Attached {
                         program: name,
                         target,
@@ -402,7 +556,53 @@ impl Sensor {
                 }
             }
         }
-        Ok(Self { ebpf, attached })
+        Ok(Self {
+            ebpf,
+            attached,
+            adopted,
+            layout,
+            pins: Pins {
+                root: options.pin_dir.to_owned(),
+                maps: maps_dir,
+                links: links_dir,
+            },
+        })
+    }
+
+    /// Whether the maps were pinned by an earlier run and re-adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The map layout id (see [`layout_id`]).
+    pub fn layout(&self) -> &str {
+        &self.layout
+    }
+
+    /// Unpins the links of earlier runs (and maps of another layout). Call it once this run's
+    /// maps hold the identities and policies: until then the earlier programs, attached beside
+    /// this run's, keep enforcing from their own maps.
+    pub fn retire_previous(&self) {
+        let links_root = self.pins.links.parent().unwrap_or(&self.pins.root);
+        for entry in std::fs::read_dir(links_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path() != self.pins.links {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        for entry in std::fs::read_dir(&self.pins.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("maps-") && entry.path() != self.pins.maps {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// The attached programs and their targets.
@@ -433,6 +633,15 @@ impl Sensor {
             exe_agents: self.take(names::EXE_AGENTS)?,
             uid_agents: self.take(names::UID_AGENTS)?,
             gid_agents: self.take(names::GID_AGENTS)?,
+        })
+    }
+
+    /// Takes the egress maps (once).
+    pub fn take_egress(&mut self) -> Result<EgressMaps, SensorError> {
+        Ok(EgressMaps {
+            policy: self.take(names::AGENT_POLICY)?,
+            rules: self.take(names::EGRESS_RULES)?,
+            config: self.take(names::CONFIG)?,
         })
     }
 
@@ -473,6 +682,9 @@ mod tests {
             names::FILE_PENDING,
             names::NET_PENDING,
             names::FILE_SCRATCH,
+            names::AGENT_POLICY,
+            names::EGRESS_RULES,
+            names::DNS_ORIGINAL,
         ] {
             assert!(object.maps.contains_key(name), "map {name} missing");
         }

@@ -98,10 +98,10 @@ fn try_proc_exec(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     let mut exec_flags = 0;
     let resolved = match match_cgroup() {
         CgroupMatch::Agent(agent) => Some((agent, HOW_DIRECT)),
-        CgroupMatch::Pending => Some((
+        CgroupMatch::Pending(covering) => Some((
             AgentRef {
                 agent_id: AGENT_PENDING,
-                selector_id: 0,
+                selector_id: covering,
             },
             HOW_PENDING,
         )),

@@ -18,9 +18,17 @@
 //! | `listen-accept` | TCP listen on 127.0.0.1 (ephemeral), connect to itself, `accept` |
 //! | `spawn:N:PATH[:ARG...]` | run `PATH ARG...` N times, one after another (fork + exec + wait each) |
 //! | `open-rate:RATE:SECS:PATH` | `openat(PATH)` RATE times a second for SECS seconds (0 = flat out); prints the count |
+//! | `tcp:ADDR` | TCP connect (2 s timeout), read one line; prints `tcp ADDR ok LINE` or `tcp ADDR err WHY` |
+//! | `udp:ADDR` | UDP `sendto(ADDR)`, wait 1 s for the echo; prints `udp ADDR ok REPLY` or `... err WHY` |
+//! | `udpc:ADDR` | the same over a connected UDP socket (`connect`, `send`, `recv`) |
+//! | `resolve:NAME` | `getaddrinfo(NAME)` (glibc, `/etc/resolv.conf`); prints `resolve NAME ok IP,IP` or `... err WHY` |
+//! | `dns:SERVER:NAME[:tcp]` | an A query for NAME sent straight to SERVER (`ip:port`, IPv6 in brackets) over UDP or TCP; prints `dns NAME ok RCODE IP,IP (from SOURCE)` or `... err WHY` |
+//! | `connect-bench:tcp\|udp:ADDR:N` | N sockets, each `connect`ed to ADDR and closed; times the `connect` calls; prints `connect-bench ... ok median_ns=M p99_ns=P` |
+//! | `dns-bench:SERVER:NAME:N` | N A queries for NAME to SERVER over UDP, one after another; times each answer; prints `dns-bench ... ok median_ns=M p99_ns=P` |
 //! | `wait-line` | block until a line arrives on standard input |
 //! | `pid` | print this process's pid and flush |
 //! | `exec:PATH[:ARG...]` | replace this process with `PATH ARG...` |
+//! | `exec-rest:PATH` | replace this process with `PATH`, passing it the remaining arguments (which may contain `:`) |
 //! | `exit:CODE` | exit with `CODE` |
 //!
 //! An action that fails prints why on standard error and the workload carries on: tests assert
@@ -33,10 +41,11 @@
 
 use std::{
     ffi::CString,
-    io::{BufRead, Write},
+    io::{BufRead, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::unix::process::CommandExt,
     process::Command,
+    time::Duration,
 };
 
 fn cstr(s: &str) -> CString {
@@ -185,6 +194,28 @@ fn act(action: &str) {
                 eprintln!("workload: {action}: {err}");
             }
         }
+        "tcp" => report(action, tcp(&parts[1..].join(":"))),
+        "udp" => report(action, udp(&parts[1..].join(":"), false)),
+        "udpc" => report(action, udp(&parts[1..].join(":"), true)),
+        "resolve" => report(action, resolve(arg(1))),
+        "dns" => {
+            let tcp = parts.last() == Some(&"tcp");
+            let end = if tcp { parts.len() - 1 } else { parts.len() };
+            let name = parts[end - 1];
+            let server = parts[1..end - 1].join(":");
+            report(action, dns(&server, name, tcp));
+        }
+        "connect-bench" => {
+            let n: usize = parts[parts.len() - 1].parse().expect("count");
+            let addr = parts[2..parts.len() - 1].join(":");
+            report(action, connect_bench(arg(1) == "tcp", &addr, n));
+        }
+        "dns-bench" => {
+            let n: usize = parts[parts.len() - 1].parse().expect("count");
+            let name = parts[parts.len() - 2];
+            let server = parts[1..parts.len() - 2].join(":");
+            report(action, dns_bench(&server, name, n));
+        }
         "listen-accept" => {
             let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
             let addr = listener.local_addr().expect("local address");
@@ -250,9 +281,272 @@ fn act(action: &str) {
     }
 }
 
+/// Prints the outcome of a network action as one line, for the test to parse.
+fn report(action: &str, result: Result<String, String>) {
+    match result {
+        Ok(detail) => println!("{action} ok {detail}"),
+        Err(why) => println!("{action} err {why}"),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// An error as the test matches it: the errno name when there is one (`EPERM`), else the text.
+fn why(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code)
+            .to_string()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        None if err.kind() == std::io::ErrorKind::WouldBlock
+            || err.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            "timeout".to_owned()
+        }
+        None => err.to_string(),
+    }
+}
+
+fn tcp(addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| why(&e))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| why(&e))?;
+    let mut line = String::new();
+    std::io::BufReader::new(&mut stream)
+        .read_line(&mut line)
+        .map_err(|e| why(&e))?;
+    Ok(line.trim().to_owned())
+}
+
+fn udp(addr: &str, connected: bool) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
+    let local = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(local).map_err(|e| why(&e))?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| why(&e))?;
+    if connected {
+        socket.connect(addr).map_err(|e| why(&e))?;
+        socket.send(b"custos").map_err(|e| why(&e))?;
+    } else {
+        socket.send_to(b"custos", addr).map_err(|e| why(&e))?;
+    }
+    let mut buf = [0u8; 512];
+    let len = socket.recv(&mut buf).map_err(|e| why(&e))?;
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+fn resolve(name: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<String> = (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string().replace(' ', "_"))?
+        .map(|a| a.ip().to_string())
+        .collect();
+    Ok(addrs.join(","))
+}
+
+fn dns(server: &str, name: &str, over_tcp: bool) -> Result<String, String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let server: SocketAddr = server.parse().map_err(|e| format!("bad server: {e}"))?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii(name).map_err(|e| e.to_string())?,
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().map_err(|e| e.to_string())?;
+    let (reply, source) = if over_tcp {
+        let mut stream =
+            TcpStream::connect_timeout(&server, Duration::from_secs(2)).map_err(|e| why(&e))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| why(&e))?;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).map_err(|e| why(&e))?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).map_err(|e| why(&e))?;
+        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut reply).map_err(|e| why(&e))?;
+        (reply, server)
+    } else {
+        let local = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(local).map_err(|e| why(&e))?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| why(&e))?;
+        socket.send_to(&bytes, server).map_err(|e| why(&e))?;
+        let mut buf = vec![0u8; 4096];
+        let (len, source) = socket.recv_from(&mut buf).map_err(|e| why(&e))?;
+        buf.truncate(len);
+        (buf, source)
+    };
+    let reply = Message::from_vec(&reply).map_err(|e| e.to_string())?;
+    let ips: Vec<String> = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    let code = u16::from(reply.metadata.response_code);
+    let rcode = match code {
+        0 => "NOERROR".to_owned(),
+        2 => "SERVFAIL".to_owned(),
+        3 => "NXDOMAIN".to_owned(),
+        5 => "REFUSED".to_owned(),
+        other => format!("RCODE{other}"),
+    };
+    Ok(format!("{rcode} {} (from {source})", ips.join(",")))
+}
+
+/// `median_ns=M p99_ns=P` of the samples.
+fn summary(mut samples: Vec<u64>) -> String {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    format!(
+        "median_ns={} p99_ns={} n={}",
+        at(0.5),
+        at(0.99),
+        samples.len()
+    )
+}
+
+/// Times `connect` alone: socket creation and close stay outside the measurement.
+fn connect_bench(tcp: bool, addr: &str, n: usize) -> Result<String, String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
+    let (storage, len) = sockaddr(&addr);
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: plain socket creation; the descriptor is owned at once.
+        let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(why(&std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let start = std::time::Instant::now();
+        // SAFETY: `storage` holds a valid socket address of `len` bytes.
+        let ret = unsafe { libc::connect(fd.as_raw_fd(), (&raw const storage).cast(), len) };
+        samples.push(start.elapsed().as_nanos() as u64);
+        if ret != 0 {
+            return Err(why(&std::io::Error::last_os_error()));
+        }
+    }
+    Ok(summary(samples))
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn dns_bench(server: &str, name: &str, n: usize) -> Result<String, String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let server: SocketAddr = server.parse().map_err(|e| format!("bad server: {e}"))?;
+    let local = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(local).map_err(|e| why(&e))?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| why(&e))?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii(name).map_err(|e| e.to_string())?,
+        RecordType::A,
+    ));
+    let mut buf = vec![0u8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        query.metadata.id = i as u16;
+        let bytes = query.to_vec().map_err(|e| e.to_string())?;
+        let start = std::time::Instant::now();
+        socket.send_to(&bytes, server).map_err(|e| why(&e))?;
+        loop {
+            let len = socket.recv(&mut buf).map_err(|e| why(&e))?;
+            if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == i as u16 {
+                break;
+            }
+        }
+        samples.push(start.elapsed().as_nanos() as u64);
+    }
+    Ok(summary(samples))
+}
+
 fn main() {
-    for action in std::env::args().skip(1) {
-        act(&action);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for (i, action) in args.iter().enumerate() {
+        if let Some(path) = action.strip_prefix("exec-rest:") {
+            let err = Command::new(path).args(&args[i + 1..]).exec();
+            eprintln!("workload: {action}: {err}");
+            std::process::exit(127);
+        }
+        act(action);
     }
     let _ = std::io::stdout().flush();
 }

@@ -1,0 +1,359 @@
+//! agentd's life: start-up in an order that never leaves an enforced agent unprotected, the run
+//! loop (pipeline thread, resolvers, pin expiry, signals), and policy reloads on SIGHUP.
+//!
+//! Start-up order, and why:
+//! 1. checks, the instance lock, the policies (an invalid policy refuses the start), the log;
+//! 2. the resolver sockets, so a redirected DNS query never meets a closed port once the new
+//!    programs run;
+//! 3. the programs: maps pinned by an earlier run are re-adopted (they kept enforcing while no
+//!    agentd ran), new links are attached *beside* the earlier run's;
+//! 4. the policies are put in force (unchanged ones are adopted untouched), identities synced
+//!    and running processes bound;
+//! 5. only then are the earlier run's links retired.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::DirBuilderExt as _},
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sensor_common::config::{MODE_AGENTS, MODE_HOST, SensorConfig};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    RunError, RunOptions,
+    clock::BootClock,
+    config::{Config, ConfigError, SensorMode},
+    control::{self, ControlTx},
+    egress::{
+        self,
+        resolver::{self, Listener},
+        state::{EgressState, SharedVersions},
+    },
+    identity::{Identity, registry::Registry},
+    loss, open_log,
+    pipeline::{self, Pipeline, Stats},
+    preflight,
+    record::Records,
+    sensor::{EgressMaps, LoadOptions, Sensor},
+};
+
+/// How often lapsed DNS pins are removed from the maps (the kernel ignores them at once).
+const EXPIRE_EVERY: Duration = Duration::from_secs(2);
+
+/// The egress state as the daemon shares it.
+type SharedEgress = Arc<Mutex<EgressState<EgressMaps>>>;
+
+/// What start-up hands to the run loop.
+struct Started {
+    config: Config,
+    pipeline: Pipeline,
+    sensor: Sensor,
+    egress: SharedEgress,
+    versions: SharedVersions,
+    listeners: Vec<Listener>,
+    control: ControlTx,
+    registry: Arc<Registry>,
+    _lock: File,
+}
+
+/// Runs agentd until SIGTERM or SIGINT; SIGHUP reloads the policies.
+pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| RunError::Io { what, source }
+    };
+    // Registered first: SIGHUP's default action would kill agentd.
+    let mut hangup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
+
+    let start_options = options.clone();
+    let started = tokio::task::spawn_blocking(move || start(config, &start_options))
+        .await
+        .map_err(|err| RunError::Io {
+            what: "start-up failed".into(),
+            source: std::io::Error::other(err),
+        })??;
+    let Started {
+        config,
+        pipeline,
+        sensor,
+        egress,
+        versions,
+        listeners,
+        control,
+        registry,
+        _lock,
+    } = started;
+
+    let upstream = resolver::upstreams(&config.dns.upstream);
+    if upstream.is_empty() {
+        tracing::warn!(
+            "no upstream DNS server: agents with a policy cannot resolve names (set [dns] upstream)"
+        );
+    }
+    let context = Arc::new(resolver::Context {
+        state: Arc::clone(&egress),
+        versions,
+        upstream,
+        timeout: config.dns.timeout,
+        control: control.clone(),
+        records: Records::new(),
+        registry: Arc::clone(&registry),
+    });
+    let mut tasks =
+        resolver::spawn(listeners, context).map_err(io("cannot start the DNS resolver"))?;
+    tasks.push(tokio::spawn(expire_pins(Arc::clone(&egress))));
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    let mut pipeline_task = tokio::task::spawn_blocking(move || pipeline.run(&flag));
+    let records = Records::new();
+    let result = loop {
+        tokio::select! {
+            result = &mut pipeline_task => break result,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the policies");
+                reload(&options, &config, &egress, &control, &records, &registry);
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                shutdown.store(true, Ordering::Relaxed);
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping");
+                shutdown.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    for task in tasks {
+        task.abort();
+    }
+    egress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .release_monitored();
+    // The links and maps stay pinned: enforcement and identity binding go on after agentd
+    // exits, and the next agentd adopts them (`agentd --remove-pins` takes them away).
+    drop(sensor);
+    let stats = result.map_err(|err| RunError::Io {
+        what: "the pipeline thread failed".into(),
+        source: std::io::Error::other(err),
+    })??;
+    Ok(stats)
+}
+
+/// Start-up, steps 1 to 5 of the module documentation.
+fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
+    let host = preflight::check()?;
+    let lock = lock_instance(&config.state_dir)?;
+    let policies = config.policies()?;
+    // The log before any program loads: a configuration that cannot log is refused first.
+    let (log, recovery, rotation) = open_log(&config, options.rotate_key)?;
+    let registry = Arc::new(Registry::new(&config));
+    let ports = egress::resolver_ports(&config);
+    let listeners = resolver::bind(&ports, &registry)?;
+
+    let mut sensor = Sensor::load(&LoadOptions {
+        ring_bytes: config.ring_buffer_bytes,
+        config: SensorConfig {
+            mode: match config.mode {
+                SensorMode::Agents => MODE_AGENTS,
+                SensorMode::Host => MODE_HOST,
+            },
+            self_tgid: std::process::id(),
+            pending_deny: policies.pending_deny as u32,
+            _pad: 0,
+        },
+        cgroup_root: &host.cgroup_root,
+        pin_dir: &config.pin_dir,
+    })?;
+    let maps = sensor.take_maps()?;
+    let output = sensor.take_output()?;
+    let egress_maps = sensor.take_egress()?;
+    // Loading parsed the kernel's BTF twice (several MB of small allocations, all freed now):
+    // hand that memory back to the system so the daemon's resident size reflects its real use.
+    // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
+    unsafe { libc::malloc_trim(0) };
+
+    let mut egress = EgressState::new(egress_maps, ports, config.dns.grace);
+    if sensor.adopted() {
+        let found = egress.adopt();
+        tracing::info!(policies = found, pins = %config.pin_dir.display(), "re-adopted the pinned maps of an earlier run");
+    }
+    let changes = egress.apply(&policies, BootClock::boot_now_ns())?;
+    let (control, control_rx) = control::channel().map_err(|source| RunError::Io {
+        what: "cannot create an eventfd".into(),
+        source,
+    })?;
+    let records = Records::new();
+    for change in &changes {
+        control.send(records.policy_change(&registry, change, "start"));
+    }
+
+    let loss_path = config.state_dir.join(format!("loss-{}", sensor.layout()));
+    let loss_baseline = if sensor.adopted() {
+        loss::load(&loss_path)
+    } else {
+        None
+    };
+    let versions = egress.versions();
+    let identity = Identity::new(Registry::new(&config), host.cgroup_root.clone());
+    let pipeline = Pipeline::start(pipeline::Parts {
+        config: &config,
+        identity,
+        maps,
+        output,
+        attached: sensor.attached(),
+        log: (log, recovery),
+        rotation,
+        control: control_rx,
+        versions: Arc::clone(&versions),
+        loss_state: (loss_path, loss_baseline),
+    })?;
+    sensor.retire_previous();
+    Ok(Started {
+        config,
+        pipeline,
+        sensor,
+        egress: Arc::new(Mutex::new(egress)),
+        versions,
+        listeners,
+        control,
+        registry,
+        _lock: lock,
+    })
+}
+
+/// Takes the instance lock in `state_dir` (created 0700): two agentds sharing state or pins
+/// would undo each other's work.
+fn lock_instance(state_dir: &Path) -> Result<File, RunError> {
+    let io = |what: String| move |source| RunError::Io { what, source };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io(format!(
+            "cannot create the state directory {}",
+            state_dir.display()
+        )))?;
+    let path = state_dir.join("agentd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(RunError::Running { path });
+        }
+        return Err(io(format!("cannot lock {}", path.display()))(err));
+    }
+    Ok(file)
+}
+
+/// Removes lapsed pins now and then.
+async fn expire_pins(egress: SharedEgress) {
+    let mut every = tokio::time::interval(EXPIRE_EVERY);
+    loop {
+        every.tick().await;
+        let lapsed = egress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expire(BootClock::boot_now_ns());
+        for (agent, ip) in lapsed {
+            tracing::debug!(agent, %ip, "DNS pin lapsed");
+        }
+    }
+}
+
+/// Whether two configurations declare different identities (agents, selectors, metadata, mode):
+/// those need a restart, because the kernel maps and the log's records follow them.
+fn identities_differ(a: &Config, b: &Config) -> bool {
+    let identities = |c: &Config| -> Vec<String> {
+        c.agents
+            .iter()
+            .map(|agent| {
+                let mut agent = agent.clone();
+                agent.egress = None;
+                format!("{agent:?}")
+            })
+            .collect()
+    };
+    a.mode != b.mode || a.trust_domain != b.trust_domain || identities(a) != identities(b)
+}
+
+/// Re-reads the configuration and policy files and puts the new policies in force, atomically;
+/// anything invalid is refused (recorded with file, line and reason) and the policies in force
+/// stay.
+fn reload(
+    options: &RunOptions,
+    current: &Config,
+    egress: &SharedEgress,
+    control: &ControlTx,
+    records: &Records,
+    registry: &Registry,
+) {
+    let path = options.config_path.as_deref();
+    let loaded = match path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded_default()),
+    };
+    let policies = loaded.and_then(|mut new| {
+        if options.host_wide {
+            new.mode = SensorMode::Host;
+        }
+        if identities_differ(current, &new) {
+            return Err(ConfigError {
+                file: new.source.clone(),
+                line: None,
+                column: None,
+                field: "agent".into(),
+                message: "the agents, their selectors or the sensor mode changed: restart agentd to apply identity changes (no policy was changed)".into(),
+            });
+        }
+        new.policies()
+    });
+    let mut state = egress.lock().unwrap_or_else(PoisonError::into_inner);
+    let refuse = |err: &ConfigError, state: &EgressState<EgressMaps>| {
+        tracing::error!(%err, "reload refused; the policies in force are unchanged");
+        control.send(records.policy_refused(err, &state.in_force()));
+    };
+    let policies = match policies {
+        Ok(policies) => policies,
+        Err(err) => return refuse(&err, &state),
+    };
+    match state.apply(&policies, BootClock::boot_now_ns()) {
+        Ok(changes) if changes.is_empty() => tracing::info!("reload: no policy changed"),
+        Ok(changes) => {
+            for change in &changes {
+                tracing::info!(agent = change.agent, old = ?change.old, new = ?change.new, "egress policy changed");
+                control.send(records.policy_change(registry, change, "reload"));
+            }
+        }
+        Err(err) => {
+            let error = ConfigError {
+                file: path.map_or_else(|| current.source.clone(), |p| p.display().to_string()),
+                line: None,
+                column: None,
+                field: "egress".into(),
+                message: format!(
+                    "{err}: {}",
+                    std::error::Error::source(&err)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            };
+            refuse(&error, &state);
+        }
+    }
+}
