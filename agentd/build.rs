@@ -1,5 +1,6 @@
 //! Builds the eBPF programs (`sensor-ebpf`) for the BPF target with aya-build and leaves the
-//! object in `OUT_DIR/sensor`, where `sensor::load` embeds it.
+//! object in `OUT_DIR/sensor`, where `sensor::load` embeds it; generates the gRPC code of the
+//! API from `proto/custos/v1/custos.proto` (protox parses it: no system protoc needed).
 //!
 //! Needs the nightly toolchain with `rust-src` and `bpf-linker`: `cargo xtask setup` installs
 //! both. `AYA_BUILD_SKIP=1` skips the eBPF build for lint-only runs.
@@ -8,6 +9,7 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    proto()?;
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -34,4 +36,16 @@ fn main() -> anyhow::Result<()> {
     .context(
         "building the eBPF programs (run `cargo xtask setup` if rust-src or bpf-linker is missing)",
     )
+}
+
+/// Generates the API's messages, server and client into `OUT_DIR/custos.v1.rs`.
+fn proto() -> anyhow::Result<()> {
+    const PROTO: &str = "proto/custos/v1/custos.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let files = protox::compile([PROTO], ["proto"]).context("parsing the API's .proto")?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(files)
+        .context("generating the API's gRPC code")
 }

@@ -1,6 +1,10 @@
 //! The `agentctl` commands.
 //!
-//! The log commands work offline, on a log directory and a public key, so an auditor needs
+//! Operator and auditor commands talk to a running agentd over its API ([`remote`]): `status`,
+//! `agents`, `tail`, `quarantine`, `release`, `policy reload|diff`, and `verify`/`proof`/
+//! `checkpoint` with `--online`.
+//!
+//! The log commands also work offline, on a log directory and a public key, so an auditor needs
 //! nothing from the host but a copy of the files:
 //!
 //! - `agentctl verify DIR --key KEY`: every leaf, every checkpoint signature, consistency between
@@ -22,6 +26,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+pub mod remote;
+
 use crate::log::{
     note::NoteVerifier,
     proof::ProofBundle,
@@ -32,21 +38,59 @@ use crate::log::{
 /// The default log directory.
 const DEFAULT_LOG: &str = "/var/lib/custos/log";
 
-/// Custos agentctl: verify the signed activity log and prove records.
+/// Custos agentctl: watch and steer agentd, verify the signed activity log, prove records.
 #[derive(Debug, Parser)]
 #[command(name = "agentctl", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    conn: remote::Connection,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Verify a log directory offline: every record, every checkpoint signature, consistency
-    /// between checkpoints and sequence continuity. Exits 1 at the first problem, naming it.
+    /// The daemon's health: programs, rates, losses, checkpoint age, subscribers.
+    Status,
+    /// The agents: identity, selectors, policy, containment, live processes.
+    Agents {
+        /// One agent (name or SPIFFE id).
+        name: Option<String>,
+        /// JSON, one agent per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the log live (or from --from), filtered.
+    Tail(remote::TailArgs),
+    /// Cut an agent's egress in the kernel (operator). Logged with you and the reason.
+    Quarantine {
+        /// Name or SPIFFE id.
+        agent: String,
+        /// Why (required, logged).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a quarantine (operator). Logged with you and the reason.
+    Release {
+        /// Name or SPIFFE id.
+        agent: String,
+        /// Why (required, logged).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Policy changes.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Verify a log directory offline (or the running daemon's log with --online): every
+    /// record, every checkpoint signature, consistency between checkpoints and sequence
+    /// continuity. Exits 1 at the first problem, naming it.
     Verify {
-        /// The log directory.
-        dir: PathBuf,
+        /// The log directory (offline).
+        #[arg(required_unless_present = "online")]
+        dir: Option<PathBuf>,
+        /// Verify what the running daemon serves instead of a directory.
+        #[arg(long, conflicts_with_all = ["checkpoint", "allow_unsigned_tail"])]
+        online: bool,
         /// A trusted public key: the key text (`name+id+base64`) or a file holding it. Repeat
         /// for several.
         #[arg(long = "key", required = true)]
@@ -64,6 +108,9 @@ enum Command {
     Proof {
         /// The record's sequence number.
         seq: u64,
+        /// Ask the running daemon instead of reading a directory.
+        #[arg(long)]
+        online: bool,
         /// The log directory.
         #[arg(long, default_value = DEFAULT_LOG)]
         dir: PathBuf,
@@ -84,7 +131,39 @@ enum Command {
         /// The log directory.
         #[arg(long, default_value = DEFAULT_LOG)]
         dir: PathBuf,
+        /// Ask the running daemon instead of reading a directory.
+        #[arg(long)]
+        online: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Re-read the configuration and policy files and put them in force (operator), as SIGHUP
+    /// does; an invalid policy is refused and the old one stays.
+    Reload {
+        /// Why (required, logged).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show how the policies of a configuration differ from those in force. Exits 1 when they
+    /// differ.
+    Diff {
+        /// The configuration file (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs an API command on a small runtime.
+fn online<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    future: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(future)
 }
 
 /// Parses a key given as text or as a file holding it.
@@ -105,13 +184,31 @@ fn keys(args: &[String]) -> anyhow::Result<Vec<NoteVerifier>> {
 
 /// Runs one command; `Ok` carries the exit code (1 for a failed verification).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = &cli.conn;
     match cli.command {
+        Command::Status => online(remote::status(conn)),
+        Command::Agents { name, json } => online(remote::agents(conn, name, json)),
+        Command::Tail(args) => online(remote::tail(conn, args)),
+        Command::Quarantine { agent, reason } => online(remote::contain(conn, agent, reason, true)),
+        Command::Release { agent, reason } => online(remote::contain(conn, agent, reason, false)),
+        Command::Policy(PolicyCommand::Reload { reason }) => online(remote::reload(conn, reason)),
+        Command::Policy(PolicyCommand::Diff { config }) => online(remote::diff(conn, config)),
+        Command::Verify {
+            online: true,
+            keys: key_args,
+            ..
+        } => {
+            let keys = keys(&key_args)?;
+            online(remote::verify(conn, &keys))
+        }
         Command::Verify {
             dir,
             keys: key_args,
             checkpoint,
             allow_unsigned_tail,
+            ..
         } => {
+            let dir = dir.context("a log directory (or --online) is required")?;
             let seen = match checkpoint {
                 Some(path) => Some(
                     std::fs::read_to_string(&path)
@@ -154,12 +251,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Proof { seq, dir, out } => {
-            let reader = LogReader::open(&dir)?;
-            let checkpoint = reader
-                .latest_checkpoint()?
-                .with_context(|| format!("{} has no signed checkpoint yet", dir.display()))?;
-            let bundle = ProofBundle::make(&reader, seq, &checkpoint)?;
+        Command::Proof {
+            seq,
+            dir,
+            out,
+            online: remote_proof,
+        } => {
+            let bundle = if remote_proof {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?
+                    .block_on(remote::proof(conn, seq))?
+            } else {
+                let reader = LogReader::open(&dir)?;
+                let checkpoint = reader
+                    .latest_checkpoint()?
+                    .with_context(|| format!("{} has no signed checkpoint yet", dir.display()))?;
+                ProofBundle::make(&reader, seq, &checkpoint)?
+            };
             let mut json = bundle.to_json();
             json.push(b'\n');
             match out {
@@ -193,7 +303,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Checkpoint { dir } => {
+        Command::Checkpoint { online: true, .. } => online(async {
+            let mut client = conn.connect().await?;
+            let checkpoint = client
+                .get_checkpoint(crate::api::proto::GetCheckpointRequest {})
+                .await
+                .map_err(remote::explain)?
+                .into_inner();
+            print!("{}", checkpoint.note);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Checkpoint { dir, .. } => {
             let reader = LogReader::open(&dir)?;
             match reader.latest_checkpoint()? {
                 Some(note) => {

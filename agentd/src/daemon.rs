@@ -27,9 +27,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     RunError, RunOptions,
+    api::{
+        self,
+        auth::Authenticator,
+        hub::Hub,
+        service::{Reload, Service},
+    },
     clock::BootClock,
     config::{Config, ConfigError, SensorMode},
     control::{self, ControlTx},
+    egress::state::PolicyChange,
     egress::{
         self,
         resolver::{self, Listener},
@@ -39,7 +46,7 @@ use crate::{
     loss, open_log,
     pipeline::{self, Pipeline, Stats},
     preflight,
-    record::Records,
+    record::{Records, api::Requester},
     sensor::{EgressMaps, LoadOptions, Sensor},
 };
 
@@ -59,6 +66,8 @@ struct Started {
     listeners: Vec<Listener>,
     control: ControlTx,
     registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    api: api::server::Bound,
     _lock: File,
 }
 
@@ -89,6 +98,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
         listeners,
         control,
         registry,
+        hub,
+        api,
         _lock,
     } = started;
 
@@ -111,16 +122,46 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
         resolver::spawn(listeners, context).map_err(io("cannot start the DNS resolver"))?;
     tasks.push(tokio::spawn(expire_pins(Arc::clone(&egress))));
 
+    let reloader = Arc::new(Reloader {
+        options: options.clone(),
+        current: config.clone(),
+        egress: Arc::clone(&egress),
+        control: control.clone(),
+        records: Records::new(),
+        registry: Arc::clone(&registry),
+    });
+    let service = Service::new(api::service::Parts {
+        hub: Arc::clone(&hub),
+        auth: Authenticator::new(Arc::new(config.api.clone())),
+        registry: Arc::clone(&registry),
+        egress: Arc::clone(&egress),
+        control: control.clone(),
+        reloader: Arc::clone(&reloader) as Arc<dyn Reload>,
+    });
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(api::server::serve(
+        api,
+        service,
+        control.clone(),
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
+
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let mut pipeline_task = tokio::task::spawn_blocking(move || pipeline.run(&flag));
-    let records = Records::new();
     let result = loop {
         tokio::select! {
             result = &mut pipeline_task => break result,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the policies");
-                reload(&options, &config, &egress, &control, &records, &registry);
+                let _ = reloader.reload(&Requester {
+                    caller: "signal:SIGHUP",
+                    role: "operator",
+                    transport: "signal",
+                    reason: "SIGHUP",
+                });
             }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: stopping");
@@ -132,6 +173,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
             }
         }
     };
+    // The pipeline has published its last record and closed the streams; let them finish.
+    let _ = api_stop.send(());
+    if tokio::time::timeout(Duration::from_secs(3), api_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the API did not stop within 3 s");
+    }
     for task in tasks {
         task.abort();
     }
@@ -156,6 +205,11 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
     let policies = config.policies()?;
     // The log before any program loads: a configuration that cannot log is refused first.
     let (log, recovery, rotation) = open_log(&config, options.rotate_key)?;
+    let api = api::server::bind(&config.api)?;
+    let hub = Arc::new(Hub::new(
+        config.log.dir.clone(),
+        config.api.subscriber_window,
+    ));
     let registry = Arc::new(Registry::new(&config));
     let ports = egress::resolver_ports(&config);
     let listeners = resolver::bind(&ports, &registry)?;
@@ -194,7 +248,7 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
     })?;
     let records = Records::new();
     for change in &changes {
-        control.send(records.policy_change(&registry, change, "start"));
+        control.send(records.policy_change(&registry, change, "start", None));
     }
 
     let loss_path = config.state_dir.join(format!("loss-{}", sensor.layout()));
@@ -216,6 +270,7 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
         control: control_rx,
         versions: Arc::clone(&versions),
         loss_state: (loss_path, loss_baseline),
+        hub: Arc::clone(&hub),
     })?;
     sensor.retire_previous();
     Ok(Started {
@@ -227,6 +282,8 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
         listeners,
         control,
         registry,
+        hub,
+        api,
         _lock: lock,
     })
 }
@@ -292,68 +349,87 @@ fn identities_differ(a: &Config, b: &Config) -> bool {
     a.mode != b.mode || a.trust_domain != b.trust_domain || identities(a) != identities(b)
 }
 
-/// Re-reads the configuration and policy files and puts the new policies in force, atomically;
-/// anything invalid is refused (recorded with file, line and reason) and the policies in force
-/// stay.
-fn reload(
-    options: &RunOptions,
-    current: &Config,
-    egress: &SharedEgress,
-    control: &ControlTx,
-    records: &Records,
-    registry: &Registry,
-) {
-    let path = options.config_path.as_deref();
-    let loaded = match path {
-        Some(path) => Config::load(path),
-        None => Ok(Config::embedded_default()),
-    };
-    let policies = loaded.and_then(|mut new| {
-        if options.host_wide {
-            new.mode = SensorMode::Host;
-        }
-        if identities_differ(current, &new) {
-            return Err(ConfigError {
-                file: new.source.clone(),
-                line: None,
-                column: None,
-                field: "agent".into(),
-                message: "the agents, their selectors or the sensor mode changed: restart agentd to apply identity changes (no policy was changed)".into(),
-            });
-        }
-        new.policies()
-    });
-    let mut state = egress.lock().unwrap_or_else(PoisonError::into_inner);
-    let refuse = |err: &ConfigError, state: &EgressState<EgressMaps>| {
-        tracing::error!(%err, "reload refused; the policies in force are unchanged");
-        control.send(records.policy_refused(err, &state.in_force()));
-    };
-    let policies = match policies {
-        Ok(policies) => policies,
-        Err(err) => return refuse(&err, &state),
-    };
-    match state.apply(&policies, BootClock::boot_now_ns()) {
-        Ok(changes) if changes.is_empty() => tracing::info!("reload: no policy changed"),
-        Ok(changes) => {
-            for change in &changes {
-                tracing::info!(agent = change.agent, old = ?change.old, new = ?change.new, "egress policy changed");
-                control.send(records.policy_change(registry, change, "reload"));
+/// Policy reloads (SIGHUP and the API's `ReloadPolicy`).
+struct Reloader {
+    options: RunOptions,
+    current: Config,
+    egress: SharedEgress,
+    control: ControlTx,
+    records: Records,
+    registry: Arc<Registry>,
+}
+
+impl Reload for Reloader {
+    /// Re-reads the configuration and policy files and puts the new policies in force,
+    /// atomically; anything invalid is refused (recorded with file, line and reason) and the
+    /// policies in force stay.
+    fn reload(&self, by: &Requester<'_>) -> Result<Vec<PolicyChange>, ConfigError> {
+        let path = self.options.config_path.as_deref();
+        let current = &self.current;
+        let loaded = match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::embedded_default()),
+        };
+        let policies = loaded.and_then(|mut new| {
+            if self.options.host_wide {
+                new.mode = SensorMode::Host;
             }
-        }
-        Err(err) => {
-            let error = ConfigError {
-                file: path.map_or_else(|| current.source.clone(), |p| p.display().to_string()),
-                line: None,
-                column: None,
-                field: "egress".into(),
-                message: format!(
-                    "{err}: {}",
-                    std::error::Error::source(&err)
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ),
-            };
-            refuse(&error, &state);
+            if identities_differ(current, &new) {
+                return Err(ConfigError {
+                    file: new.source.clone(),
+                    line: None,
+                    column: None,
+                    field: "agent".into(),
+                    message: "the agents, their selectors or the sensor mode changed: restart agentd to apply identity changes (no policy was changed)".into(),
+                });
+            }
+            new.policies()
+        });
+        let mut state = self.egress.lock().unwrap_or_else(PoisonError::into_inner);
+        let refuse = |err: ConfigError, state: &EgressState<EgressMaps>| {
+            tracing::error!(%err, caller = by.caller, "reload refused; the policies in force are unchanged");
+            let mut record = self.records.policy_refused(&err, &state.in_force());
+            by.write(&mut record.obj);
+            self.control.send(record);
+            Err(err)
+        };
+        let policies = match policies {
+            Ok(policies) => policies,
+            Err(err) => return refuse(err, &state),
+        };
+        match state.apply(&policies, BootClock::boot_now_ns()) {
+            Ok(changes) => {
+                if changes.is_empty() {
+                    tracing::info!(caller = by.caller, "reload: no policy changed");
+                }
+                self.control
+                    .send(self.records.policy_reload(by, changes.len()));
+                for change in &changes {
+                    tracing::info!(agent = change.agent, old = ?change.old, new = ?change.new, caller = by.caller, "egress policy changed");
+                    self.control.send(self.records.policy_change(
+                        &self.registry,
+                        change,
+                        "reload",
+                        Some(by),
+                    ));
+                }
+                Ok(changes)
+            }
+            Err(err) => {
+                let error = ConfigError {
+                    file: path.map_or_else(|| current.source.clone(), |p| p.display().to_string()),
+                    line: None,
+                    column: None,
+                    field: "egress".into(),
+                    message: format!(
+                        "{err}: {}",
+                        std::error::Error::source(&err)
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ),
+                };
+                refuse(error, &state)
+            }
         }
     }
 }

@@ -13,11 +13,13 @@
 //! - [`record`]: the records' shape, written canonically by [`json`]; [`output`]: where they go.
 //! - [`log`]: the signed Merkle log; [`ctl`]: the `agentctl` commands.
 //! - [`egress`]: per-agent egress allowlists, the DNS resolver, pins.
+//! - [`api`]: the gRPC API (streams, proofs, agents, containment) and its client.
 //! - [`daemon`]: start-up order, the run loop, reloads; [`control`]: records made off the
 //!   pipeline thread.
 //! - [`process`], [`clock`], [`loss`], [`watch`]: the pipeline's helpers.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -77,6 +79,9 @@ pub enum RunError {
     /// A resolver socket could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The API could not listen.
+    #[error(transparent)]
+    Api(#[from] crate::api::server::ServeError),
     /// Another agentd holds the state directory.
     #[error("another agentd is running (it holds {path})")]
     Running {
@@ -115,6 +120,9 @@ impl RunError {
             ),
             RunError::Running { .. } => Some(
                 "stop the other agentd, or give this one its own [sensor] state_dir and pin_dir",
+            ),
+            RunError::Api(_) => Some(
+                "see [api] in docs/configuration.md: the socket's directory must be writable by root; TLS needs a readable cert, a key of mode 0600 and a client CA",
             ),
             RunError::Io { .. } => None,
         }

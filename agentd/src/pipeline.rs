@@ -24,6 +24,7 @@ use sensor_common::{
 };
 
 use crate::{
+    api::hub::{Hub, LiveProcess, SignedCheckpoint},
     config::{Config, LogSettings, SelectorKind, SensorMode},
     control::ControlRx,
     egress::state::SharedVersions,
@@ -100,6 +101,9 @@ struct Core {
     control_dropped: u64,
     last_retention: Instant,
     outage_logged: bool,
+    hub: std::sync::Arc<Hub>,
+    /// The process table changed since the hub's copy was made.
+    procs_dirty: bool,
 }
 
 /// The running pipeline.
@@ -131,6 +135,8 @@ pub struct Parts<'a> {
     /// Where the loss totals already reported are kept, and those totals when the counters
     /// were re-adopted from an earlier run.
     pub loss_state: (std::path::PathBuf, Option<[u64; LOSS_SLOTS as usize]>),
+    /// Where committed records and checkpoints are published for the API.
+    pub hub: std::sync::Arc<Hub>,
 }
 
 impl Pipeline {
@@ -149,6 +155,7 @@ impl Pipeline {
             control,
             versions,
             loss_state: (loss_path, loss_baseline),
+            hub,
         } = parts;
         let export = match &config.events_path {
             Some(path) => Some(EventSink::open(path, config.stdout)?),
@@ -184,7 +191,22 @@ impl Pipeline {
             control_dropped: 0,
             last_retention: Instant::now(),
             outage_logged: false,
+            hub,
+            procs_dirty: true,
         };
+        core.hub.set_committed(core.log.size());
+        if let Some((checkpoint, note)) = core.log.last_checkpoint() {
+            core.hub
+                .checkpoint_signed(signed_checkpoint(checkpoint, note));
+        }
+        *core
+            .hub
+            .programs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = attached
+            .iter()
+            .map(|a| (a.program.to_owned(), a.target.clone()))
+            .collect();
 
         if !recovery.created {
             core.recovery_record(&recovery);
@@ -219,6 +241,7 @@ impl Pipeline {
         core.commit()?;
         core.sign()?;
         core.flush_export()?;
+        core.publish_state();
         tracing::info!(
             programs = attached.len(),
             agents = core.identity.registry().agents().count(),
@@ -277,6 +300,8 @@ impl Pipeline {
         self.core.commit()?;
         self.core.sign()?;
         self.core.flush_export()?;
+        self.core.publish_state();
+        self.core.hub.close();
         Ok(self.core.stats)
     }
 
@@ -342,6 +367,10 @@ impl Core {
     fn commit(&mut self) -> Result<(), PipelineError> {
         match self.log.commit() {
             Ok(()) => {
+                self.hub.publish(
+                    self.log.size(),
+                    self.log.committed().map(|c| (c.leaf, c.kind)),
+                );
                 if let Some(export) = &mut self.export {
                     for committed in self.log.committed() {
                         export.write(committed.leaf)?;
@@ -366,7 +395,12 @@ impl Core {
     /// signs the same records).
     fn sign(&mut self) -> Result<(), PipelineError> {
         match self.log.checkpoint() {
-            Ok(_) => Ok(()),
+            Ok(Some((checkpoint, note))) => {
+                let signed = signed_checkpoint(checkpoint, note);
+                self.hub.checkpoint_signed(signed);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
             Err(LogError::Sign(err)) => {
                 if !self.outage_logged {
                     tracing::error!(%err, "cannot write a checkpoint; retrying");
@@ -442,7 +476,52 @@ impl Core {
             self.retention()?;
         }
         self.records.refresh_clock();
+        self.publish_state();
         self.flush_export()
+    }
+
+    /// Hands the API the figures and the agent processes.
+    fn publish_state(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.hub.counters;
+        counters
+            .kernel_records
+            .store(self.stats.kernel_records, Relaxed);
+        counters.records.store(self.stats.records, Relaxed);
+        counters.lost.store(self.stats.lost, Relaxed);
+        self.hub.sample_rate();
+        *self
+            .hub
+            .origin
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (
+            self.log.origin().to_owned(),
+            self.log.signer().verifier().to_string(),
+        );
+        if std::mem::take(&mut self.procs_dirty) {
+            let live: Vec<LiveProcess> = self
+                .procs
+                .iter()
+                .filter(|p| p.binding.agent.agent_id != 0)
+                .map(|p| LiveProcess {
+                    agent: p.binding.agent.agent_id,
+                    pid: p.pid,
+                    start_ns: p.start_ns,
+                    binding: match p.binding.how {
+                        sensor_common::identity::HOW_DIRECT => "direct",
+                        HOW_INHERITED => "inherited",
+                        HOW_PENDING => "pending",
+                        _ => "none",
+                    },
+                    exe: p.exe.clone().unwrap_or_default(),
+                })
+                .collect();
+            *self
+                .hub
+                .processes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = std::sync::Arc::new(live);
+        }
     }
 
     /// During an outage, tries to write the record that ends it.
@@ -480,6 +559,10 @@ impl Core {
                 "the log is writable again; the outage is recorded"
             );
             self.outage_logged = false;
+            self.hub.publish(
+                self.log.size(),
+                self.log.committed().map(|c| (c.leaf, c.kind)),
+            );
             if let Some(export) = &mut self.export {
                 for committed in self.log.committed() {
                     let _ = export.write(committed.leaf);
@@ -643,6 +726,12 @@ impl Core {
         if event.header().agent.agent_id == AGENT_PENDING && !self.resolve_pending(&mut event)? {
             return Ok(());
         }
+        if matches!(
+            event,
+            SensorEvent::Exec(_) | SensorEvent::Fork(_) | SensorEvent::Exit(_)
+        ) {
+            self.procs_dirty = true;
+        }
         let registry = self.identity.registry();
         let record = match &event {
             SensorEvent::Exec(ev) => {
@@ -750,6 +839,19 @@ impl Core {
                 Ok(self.mode == SensorMode::Host)
             }
         }
+    }
+}
+
+fn signed_checkpoint(
+    checkpoint: &crate::log::note::Checkpoint,
+    note: &crate::log::note::SignedNote,
+) -> SignedCheckpoint {
+    SignedCheckpoint {
+        origin: checkpoint.origin.clone(),
+        size: checkpoint.size,
+        root: checkpoint.root,
+        note: note.to_text(),
+        at: Instant::now(),
     }
 }
 

@@ -63,6 +63,11 @@ impl ProcessTable {
         self.procs.remove(&pid)
     }
 
+    /// Every process known.
+    pub fn iter(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.procs.values()
+    }
+
     /// Number of processes known.
     pub fn len(&self) -> usize {
         self.procs.len()

@@ -819,6 +819,7 @@ impl Records {
     }
 }
 
+pub mod api;
 mod egress;
 #[cfg(test)]
 mod tests;

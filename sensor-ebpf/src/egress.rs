@@ -70,6 +70,42 @@ fn is_resolver(dst: &SockAddr, port: u32) -> bool {
     a == v4_mapped([127, 0, 0, 1]) || a == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
 }
 
+/// Whether `dst` is a loopback address.
+#[inline(always)]
+fn is_loopback(dst: &SockAddr) -> bool {
+    if dst.family == AF_INET {
+        return dst.addr[0] == 127;
+    }
+    // `[u8; 16] == [u8; 16]` compiles to plain loads (as in `is_resolver`); slices would need
+    // memcmp, which BPF does not have.
+    let a = trie_addr(dst);
+    a == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        || (a[10] == 0xff
+            && a[11] == 0xff
+            && a[12] == 127
+            && a == v4_mapped([127, a[13], a[14], a[15]]))
+}
+
+/// A quarantined agent: everything is refused, in monitor mode too (a quarantine is an
+/// operator's decision, not a policy to try out), except loopback services other than DNS.
+/// DNS is refused even through agentd's resolver: a quarantined agent must not be able to
+/// tunnel data out through name lookups.
+#[inline(always)]
+fn quarantined(dst: &SockAddr, policy: &sensor_common::egress::AgentPolicy) -> Decision {
+    let loopback_service =
+        is_loopback(dst) && dst.port != DNS_PORT && !is_resolver(dst, policy.resolver_port);
+    Decision {
+        verdict: if loopback_service {
+            VERDICT_ALLOW
+        } else {
+            VERDICT_DENY
+        },
+        rule_id: RULE_QUARANTINE,
+        version: policy.version,
+        resolver_port: 0,
+    }
+}
+
 /// Decides for the current process (`tgid`) sending to `dst` over `protocol`.
 #[inline(always)]
 pub fn decide(tgid: u32, dst: &SockAddr, protocol: u8) -> Decision {
@@ -88,6 +124,7 @@ pub fn decide(tgid: u32, dst: &SockAddr, protocol: u8) -> Decision {
         if covering != 0 {
             // SAFETY: the value is copied out at once.
             return match (unsafe { AGENT_POLICY.get(covering) }).copied() {
+                Some(policy) if policy.quarantined != 0 => quarantined(dst, &policy),
                 Some(policy) if policy.mode != MODE_NONE => Decision {
                     verdict: if policy.mode == MODE_ENFORCE {
                         VERDICT_DENY
@@ -116,6 +153,9 @@ pub fn decide(tgid: u32, dst: &SockAddr, protocol: u8) -> Decision {
     let Some(policy) = (unsafe { AGENT_POLICY.get(agent) }).copied() else {
         return Decision::NONE;
     };
+    if policy.quarantined != 0 {
+        return quarantined(dst, &policy);
+    }
     if policy.mode == MODE_NONE {
         return Decision::NONE;
     }
@@ -130,9 +170,6 @@ pub fn decide(tgid: u32, dst: &SockAddr, protocol: u8) -> Decision {
         version: policy.version,
         resolver_port: 0,
     };
-    if policy.quarantined != 0 {
-        return decided(deny, RULE_QUARANTINE);
-    }
     if is_resolver(dst, policy.resolver_port) {
         return decided(VERDICT_ALLOW, RULE_RESOLVER);
     }

@@ -255,6 +255,11 @@ impl Dirs {
         self.dir.path().join("keys/log.key.pub")
     }
 
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("api/agentd.sock")
+    }
+
     /// The JSON-lines export.
     pub fn events(&self) -> PathBuf {
         self.dir.path().join("events.jsonl")
@@ -303,6 +308,9 @@ pub fn with_private_paths(dirs: &Dirs, config: &str) -> String {
                 dirs.state().display()
             ),
         );
+    }
+    if !config.contains("socket =") {
+        add("api", format!("socket = \"{}\"\n", dirs.socket().display()));
     }
     if !config.contains("port_base") {
         add("dns", format!("port_base = {}\n", dirs.port_base()));

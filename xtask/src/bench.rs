@@ -10,6 +10,8 @@
 //!   without a policy, a process outside every agent, and with no agentd at all; the time of a
 //!   DNS answer through agentd's resolver against asking the upstream (dnsmasq) directly.
 //!   Variants alternate round by round; each figure is the median of the rounds' medians.
+//! - `api`: records per second delivered to one subscriber and to each of ten, and the
+//!   latency from the syscall to the subscriber (median, p99), see `bench_api.rs`.
 
 use std::{
     fs,
@@ -26,7 +28,7 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// What to measure: `log`, `sensor`, `egress`, or `all`.
+    /// What to measure: `log`, `sensor`, `egress`, `api`, or `all`.
     #[arg(default_value = "all")]
     what: String,
     /// Seconds per sensor load step.
@@ -76,6 +78,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             bail!("the sensor benchmark loads eBPF programs: run it as root");
         }
         results.push(("sensor".to_owned(), bench_sensor(&root, options.seconds)?));
+    }
+    if matches!(options.what.as_str(), "api" | "all") {
+        if !util::is_root() {
+            bail!("the API benchmark loads eBPF programs: run it as root");
+        }
+        results.push(("api".to_owned(), crate::bench_api::run(&root)?));
     }
     if matches!(options.what.as_str(), "egress" | "all") {
         if !util::is_root() {
@@ -201,8 +209,20 @@ pub(crate) struct Daemon {
     pins: PathBuf,
 }
 
+/// A benchmark that fails half-way must not leave agentd running (its pins are removed too).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+            let _ = fs::remove_dir_all(&self.pins);
+        }
+    }
+}
+
 impl Daemon {
-    fn start(root: &Path, name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(root: &Path, name: &str) -> anyhow::Result<Self> {
         Self::start_with(
             root,
             name,
@@ -223,7 +243,8 @@ impl Daemon {
             &config,
             format!(
                 "[output]\nevents = \"\"\n[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n\
-                 [sensor]\npin_dir = \"{1}\"\nstate_dir = \"{0}/state\"\n{agents}",
+                 [sensor]\npin_dir = \"{1}\"\nstate_dir = \"{0}/state\"\n\
+                 [api]\nsocket = \"{0}/agentd.sock\"\n{agents}",
                 dir.display(),
                 pins.display()
             ),
@@ -251,6 +272,11 @@ impl Daemon {
         // Keep draining its messages so it never blocks on a full pipe.
         thread::spawn(move || for _ in lines {});
         Ok(Self { child, dir, pins })
+    }
+
+    /// The API socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.dir.join("agentd.sock")
     }
 
     fn pid(&self) -> u32 {

@@ -13,6 +13,7 @@
 )]
 
 mod bench;
+mod bench_api;
 mod bench_egress;
 mod run;
 mod setup;

@@ -172,7 +172,13 @@ fn system_packages() -> anyhow::Result<()> {
 }
 
 /// Python packages the independent verifiers in `tests/python` import.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("cryptography", "cryptography")];
+/// grpcio and grpcio-tools (its protoc, as a library) make the independent API client: pinned,
+/// so the generated code is the same on every machine.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("cryptography", "cryptography"),
+    ("grpc", "grpcio==1.85.1"),
+    ("grpc_tools", "grpcio-tools==1.85.1"),
+];
 
 fn python_packages() -> anyhow::Result<()> {
     for (module, package) in PYTHON_PACKAGES {

@@ -3,6 +3,7 @@
 //! Every mistake is reported with the file, line, column and the dotted path of the field, and
 //! nothing half-valid is ever returned: a configuration is accepted whole or refused whole.
 
+pub mod api;
 pub mod egress;
 mod raw;
 
@@ -257,6 +258,8 @@ pub struct Config {
     /// `[sensor] pending_egress = "deny"`: deny egress from new cgroups outside every agent's
     /// until agentd resolves them, while an enforced agent is selected by cgroup.
     pub pending_egress_deny: bool,
+    /// The API (`[api]`).
+    pub api: api::ApiSettings,
     /// The agents.
     pub agents: Vec<AgentSpec>,
 }
@@ -540,6 +543,7 @@ impl Validator<'_> {
 
         let log = self.log(&raw.log)?;
         let dns = self.dns(&raw.dns)?;
+        let api = self.api(&raw.api)?;
         let abs = |value: &Option<Spanned<String>>,
                    field: &str,
                    default: &str|
@@ -665,6 +669,7 @@ impl Validator<'_> {
             pin_dir,
             state_dir,
             pending_egress_deny,
+            api,
             agents,
         })
     }

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub dns: RawDns,
     pub policy: RawPolicy,
+    pub api: RawApi,
     #[serde(rename = "agent")]
     pub agents: Vec<Spanned<RawAgent>>,
 }
@@ -35,6 +36,34 @@ pub struct RawDns {
     pub port_base: Option<Spanned<u64>>,
     pub grace_seconds: Option<Spanned<u64>>,
     pub timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    pub socket: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
+    pub operator_group: Option<Spanned<String>>,
+    pub subscriber_window: Option<Spanned<u64>>,
+    pub tcp: Option<Spanned<RawTcp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcp {
+    pub listen: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Spanned<String>,
+    #[serde(default, rename = "client")]
+    pub clients: Vec<Spanned<RawClient>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub identity: Spanned<String>,
+    pub role: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

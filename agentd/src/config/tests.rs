@@ -233,3 +233,43 @@ fn log_settings() {
     );
     assert_eq!(error("[log]\norigin = \"a b\"\n").field, "log.origin");
 }
+
+#[test]
+fn api_settings_are_validated() {
+    let config = Config::parse(
+        "[api]\nsocket = \"/run/x/agentd.sock\"\nsocket_group = \"root\"\nsubscriber_window = 32\n[api.tcp]\nlisten = \"127.0.0.1:7443\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\nclient = [{ identity = \"spiffe://t/auditor\", role = \"reader\" }, { identity = \"ops\", role = \"operator\" }]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(config.api.socket_group, Some(("root".into(), 0)));
+    assert_eq!(config.api.subscriber_window, 32);
+    assert_eq!(
+        config.api.role_of(&["x".into(), "ops".into()]),
+        Some(("ops", crate::config::api::Role::Operator))
+    );
+    assert_eq!(config.api.role_of(&["nobody".into()]), None);
+
+    let refused = |text: &str, field: &str| {
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.line.is_some(), "{err}");
+    };
+    refused("[api]\nsocket = \"relative.sock\"\n", "api.socket");
+    refused(
+        "[api]\nsocket_group = \"no-such-group-here\"\n",
+        "api.socket_group",
+    );
+    refused("[api]\nsubscriber_window = 1\n", "api.subscriber_window");
+    refused(
+        "[api.tcp]\nlisten = \"nowhere\"\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\nclient = [{ identity = \"a\", role = \"reader\" }]\n",
+        "api.tcp.listen",
+    );
+    refused(
+        "[api.tcp]\nlisten = \"127.0.0.1:1\"\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\nclient = [{ identity = \"a\", role = \"admin\" }]\n",
+        "api.tcp.client[0].role",
+    );
+    refused(
+        "[api.tcp]\nlisten = \"127.0.0.1:1\"\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n",
+        "api.tcp.client",
+    );
+}

@@ -17,7 +17,9 @@ use std::{
     time::Duration,
 };
 
-use sensor_common::egress::{AgentPolicy, EgressValue, MODE_ENFORCE, MODE_MONITOR, PortRule};
+use sensor_common::egress::{
+    AgentPolicy, EgressValue, MODE_ENFORCE, MODE_MONITOR, MODE_NONE, PortRule,
+};
 
 use super::{
     addr::{AddrClass, classify},
@@ -132,6 +134,17 @@ impl NameDecision {
     }
 }
 
+/// An agent's egress cut by an operator (or carried over from an earlier run's kernel state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Why.
+    pub reason: String,
+    /// Who asked.
+    pub by: String,
+    /// When, epoch milliseconds (0: before this run).
+    pub since_ms: u64,
+}
+
 /// Addresses learned through DNS for one agent, at one address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Pin {
@@ -187,6 +200,8 @@ pub struct EgressState<K> {
     pending_deny: Option<bool>,
     leftovers: BTreeMap<u32, Leftover>,
     versions: SharedVersions,
+    /// Quarantined agents, with or without a policy.
+    quarantines: BTreeMap<u32, Quarantine>,
 }
 
 impl<K: EgressKernel> EgressState<K> {
@@ -201,6 +216,7 @@ impl<K: EgressKernel> EgressState<K> {
             pending_deny: None,
             leftovers: BTreeMap::new(),
             versions: SharedVersions::default(),
+            quarantines: BTreeMap::new(),
         }
     }
 
@@ -224,6 +240,20 @@ impl<K: EgressKernel> EgressState<K> {
             entries.entry(key.agent).or_default().push((key, value));
         }
         for (agent, policy) in &policies {
+            if policy.quarantined != 0 {
+                self.quarantines.insert(
+                    *agent,
+                    Quarantine {
+                        reason: "quarantined before this run (see the log)".into(),
+                        by: "an earlier run".into(),
+                        since_ms: 0,
+                    },
+                );
+            }
+            if policy.mode == MODE_NONE {
+                // A quarantine of an agent without a policy: nothing else to adopt.
+                continue;
+            }
             let mut current = BTreeMap::new();
             for (key, value) in entries.remove(agent).unwrap_or_default() {
                 if key.generation == policy.generation {
@@ -246,6 +276,80 @@ impl<K: EgressKernel> EgressState<K> {
             self.kernel.remove_entry(key);
         }
         policies.len()
+    }
+
+    /// The kernel entry of a quarantined agent without a policy.
+    fn quarantine_only() -> AgentPolicy {
+        AgentPolicy {
+            mode: MODE_NONE,
+            quarantined: 1,
+            generation: 0,
+            resolver_port: 0,
+            version: 0,
+        }
+    }
+
+    /// Removes `agent`'s policy from the kernel, keeping its quarantine if it has one.
+    fn drop_policy(&mut self, agent: u32) {
+        if self.quarantines.contains_key(&agent) {
+            if let Err(err) = self.kernel.set_policy(agent, Self::quarantine_only()) {
+                tracing::error!(agent, %err, "cannot keep a quarantine in the kernel");
+            }
+        } else {
+            self.kernel.remove_policy(agent);
+        }
+    }
+
+    /// Quarantines `agent` (`Some`) or lifts its quarantine (`None`). Returns whether anything
+    /// changed. The quarantine holds whatever the agent's policy, and across reloads and
+    /// restarts (the flag is in the pinned map) until an operator lifts it.
+    pub fn set_quarantine(
+        &mut self,
+        agent: u32,
+        quarantine: Option<Quarantine>,
+    ) -> Result<bool, MapWriteError> {
+        let on = quarantine.is_some();
+        if self.quarantines.contains_key(&agent) == on {
+            return Ok(false);
+        }
+        if let Some(state) = self.agents.get(&agent) {
+            let mut policy = self.kernel_policy(agent, state);
+            policy.quarantined = on as u32;
+            self.kernel.set_policy(agent, policy)?;
+            if let Some(state) = self.agents.get_mut(&agent) {
+                state.quarantined = on as u32;
+            }
+        } else if on {
+            self.kernel.set_policy(agent, Self::quarantine_only())?;
+        } else {
+            self.kernel.remove_policy(agent);
+        }
+        match quarantine {
+            Some(q) => self.quarantines.insert(agent, q),
+            None => self.quarantines.remove(&agent),
+        };
+        Ok(true)
+    }
+
+    /// `agent`'s quarantine, if it is quarantined.
+    pub fn quarantine_of(&self, agent: u32) -> Option<&Quarantine> {
+        self.quarantines.get(&agent)
+    }
+
+    /// `agent`'s policy in force, described.
+    pub fn policy_of(&self, agent: u32) -> Option<PolicyInfo> {
+        let state = self.agents.get(&agent)?;
+        Some(PolicyInfo {
+            hash: hex::encode(state.hash),
+            mode: state.policy.mode,
+            rules: state
+                .policy
+                .rules
+                .iter()
+                .map(|r| (r.id, r.describe()))
+                .collect(),
+            source: state.policy.source.clone(),
+        })
     }
 
     /// Puts `policies` in force. On error nothing changed.
@@ -362,7 +466,7 @@ impl<K: EgressKernel> EgressState<K> {
             let Some(state) = self.agents.remove(&agent) else {
                 continue;
             };
-            self.kernel.remove_policy(agent);
+            self.drop_policy(agent);
             for net in state.written.keys() {
                 self.kernel.remove_entry(EntryKey {
                     agent,
@@ -379,7 +483,7 @@ impl<K: EgressKernel> EgressState<K> {
             });
         }
         for (agent, leftover) in std::mem::take(&mut self.leftovers) {
-            self.kernel.remove_policy(agent);
+            self.drop_policy(agent);
             for net in leftover.entries.keys() {
                 self.kernel.remove_entry(EntryKey {
                     agent,
@@ -436,10 +540,7 @@ impl<K: EgressKernel> EgressState<K> {
             policy: policy.clone(),
             hash,
             generation: 0,
-            quarantined: current
-                .map(|s| s.quarantined)
-                .or(leftover.map(|l| l.policy.quarantined))
-                .unwrap_or(0),
+            quarantined: self.quarantines.contains_key(&agent) as u32,
             statics,
             pins: BTreeMap::new(),
             written: BTreeMap::new(),

@@ -228,6 +228,52 @@ impl LogReader {
         Ok(leaf)
     }
 
+    /// Calls `each(seq, leaf)` for the leaves `start..end` in order, reading each segment
+    /// sequentially (one index lookup per segment, not per leaf); stops early when `each`
+    /// returns false. Every frame's hash is checked.
+    pub fn for_each_leaf(
+        &self,
+        start: u64,
+        end: u64,
+        mut each: impl FnMut(u64, Vec<u8>) -> bool,
+    ) -> Result<(), ReadError> {
+        use std::io::{Seek as _, SeekFrom};
+        let mut seq = start;
+        while seq < end {
+            let segment = self.segment_of(seq)?;
+            let idx_path = segment::index_path(&segment.path);
+            let idx = File::open(&idx_path).map_err(io_error(&idx_path))?;
+            let (offset, _) = segment::read_index_entry(&idx, seq - segment.first)
+                .map_err(io_error(&idx_path))?;
+            let mut file = File::open(&segment.path).map_err(io_error(&segment.path))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(io_error(&segment.path))?;
+            let mut frames = segment::FrameReader::new(io::BufReader::with_capacity(1 << 16, file));
+            let stop = (segment.first + segment.count).min(end);
+            while seq < stop {
+                let problem = match frames.next_frame().map_err(io_error(&segment.path))? {
+                    Some(Ok(frame)) if frame.seq == seq => {
+                        if !each(seq, frame.leaf) {
+                            return Ok(());
+                        }
+                        seq += 1;
+                        continue;
+                    }
+                    Some(Ok(frame)) => {
+                        format!("expected seq {seq}, found a frame for {}", frame.seq)
+                    }
+                    Some(Err(problem)) => format!("seq {seq}: {problem}"),
+                    None => format!("seq {seq}: the segment ends early"),
+                };
+                return Err(ReadError::Corrupt {
+                    path: segment.path.clone(),
+                    detail: problem,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Leaf hashes `start..start+count` (possibly across segments), from the indexes.
     pub fn leaf_hashes(&self, start: u64, count: u64) -> Result<Vec<Hash>, ReadError> {
         let mut hashes = Vec::with_capacity(count as usize);

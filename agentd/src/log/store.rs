@@ -188,6 +188,8 @@ pub struct Committed<'a> {
     pub seq: u64,
     /// Its bytes.
     pub leaf: &'a [u8],
+    /// Its kind.
+    pub kind: &'static str,
 }
 
 /// The log writer.
@@ -655,14 +657,15 @@ impl Log {
     }
 
     /// The leaves the last successful commit wrote.
-    pub fn committed(&self) -> impl Iterator<Item = Committed<'_>> {
+    pub fn committed(&self) -> impl ExactSizeIterator<Item = Committed<'_>> {
         self.committed
             .leaves
             .iter()
             .enumerate()
-            .map(|(i, (start, end, _))| Committed {
+            .map(|(i, (start, end, kind))| Committed {
                 seq: self.committed_first + i as u64,
                 leaf: &self.committed.frames[*start..*end],
+                kind,
             })
     }
 

@@ -246,6 +246,7 @@ impl Records {
         registry: &Registry,
         change: &PolicyChange,
         reason: &str,
+        by: Option<&super::api::Requester<'_>>,
     ) -> Record {
         let (activity_id, activity) = match (&change.old, &change.new) {
             (None, Some(_)) => (1, "Create"),
@@ -269,6 +270,9 @@ impl Records {
             },
             "policy",
         );
+        if let Some(by) = by {
+            by.write(&mut obj);
+        }
         obj.obj("policy", |p| {
             p.str("reason", reason)
                 .bool("adopted_from_kernel", change.adopted);

@@ -234,7 +234,7 @@ fn every_record_kind_is_canonical() {
         value["egress"]["rule"],
         json!({ "id": 1, "text": "tcp 10.0.0.0/8:443" })
     );
-    let value = checked(&records.policy_change(&registry, &change, "start"));
+    let value = checked(&records.policy_change(&registry, &change, "start", None));
     assert_eq!(value["policy"]["rules"][0]["text"], "tcp 10.0.0.0/8:443");
     assert_eq!(value["activity_name"], "Create");
     let error = crate::config::ConfigError {

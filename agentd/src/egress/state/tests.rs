@@ -404,3 +404,64 @@ fn a_clean_stop_releases_monitored_agents_dns_only() {
     assert!(changes.iter().all(|c| c.adopted));
     assert_eq!(next.kernel().policies[&B].resolver_port, 15301);
 }
+
+fn quarantine(by: &str) -> Option<Quarantine> {
+    Some(Quarantine {
+        reason: "test".into(),
+        by: by.into(),
+        since_ms: 1,
+    })
+}
+
+#[test]
+fn quarantine_holds_with_and_without_a_policy_and_across_reloads() {
+    let mut s = state(FakeKernel::default());
+    let a = policy(
+        EgressMode::Monitor,
+        vec![cidr(1, "192.0.2.0/24", &[(443, 443)])],
+    );
+    s.apply(&policies(&[(A, a.clone())]), 0).unwrap();
+
+    // An agent with a policy: the flag joins its policy entry (monitor mode too).
+    assert!(s.set_quarantine(A, quarantine("op")).unwrap());
+    assert!(!s.set_quarantine(A, quarantine("op")).unwrap(), "already");
+    assert_eq!(s.kernel().policies[&A].quarantined, 1);
+    assert_eq!(s.kernel().policies[&A].mode, MODE_MONITOR);
+    assert_eq!(s.quarantine_of(A).unwrap().by, "op");
+
+    // An agent without a policy gets a quarantine-only entry.
+    assert!(s.set_quarantine(B, quarantine("op")).unwrap());
+    assert_eq!(s.kernel().policies[&B].mode, MODE_NONE);
+    assert_eq!(s.kernel().policies[&B].quarantined, 1);
+
+    // A reload that changes A's policy and gives B one keeps both quarantined.
+    let a2 = policy(
+        EgressMode::Enforce,
+        vec![cidr(1, "198.51.100.0/24", &[(443, 443)])],
+    );
+    s.apply(&policies(&[(A, a2), (B, a.clone())]), 0).unwrap();
+    assert_eq!(s.kernel().policies[&A].quarantined, 1);
+    assert_eq!(s.kernel().policies[&B].quarantined, 1);
+    assert_eq!(s.kernel().policies[&B].mode, MODE_MONITOR);
+
+    // Removing every policy keeps the quarantines, as quarantine-only entries.
+    s.apply(&policies(&[]), 0).unwrap();
+    assert_eq!(s.kernel().policies[&A].mode, MODE_NONE);
+    assert_eq!(s.kernel().policies[&A].quarantined, 1);
+
+    // A restart adopts them from the kernel.
+    let kernel = s.kernel().clone();
+    let mut next = state(kernel);
+    next.adopt();
+    next.apply(&policies(&[(A, a)]), 0).unwrap();
+    assert!(next.quarantine_of(A).is_some() && next.quarantine_of(B).is_some());
+    assert_eq!(next.kernel().policies[&A].quarantined, 1);
+    assert_eq!(next.kernel().policies[&A].mode, MODE_MONITOR);
+
+    // Release: A keeps its policy, B's entry goes.
+    assert!(next.set_quarantine(A, None).unwrap());
+    assert!(next.set_quarantine(B, None).unwrap());
+    assert!(!next.set_quarantine(B, None).unwrap(), "already released");
+    assert_eq!(next.kernel().policies[&A].quarantined, 0);
+    assert!(!next.kernel().policies.contains_key(&B));
+}
