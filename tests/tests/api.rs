@@ -14,7 +14,7 @@ use std::{
 
 use agentd::{
     api::{
-        client::{Client, Target, connect},
+        client::{Client, EventStream, Target, connect},
         proto::{self, stream_events_response::Item},
     },
     log::{
@@ -104,6 +104,17 @@ impl Received {
     }
 }
 
+/// The next item of `stream`, within `secs` seconds (else the test fails with `stalled`).
+async fn next_item(stream: &mut EventStream, secs: u64, stalled: &str) -> Item {
+    tokio::time::timeout(Duration::from_secs(secs), stream.message())
+        .await
+        .expect(stalled)
+        .expect("message")
+        .expect("open stream")
+        .item
+        .expect("item")
+}
+
 fn public_key(dirs: &Dirs) -> NoteVerifier {
     NoteVerifier::parse(&std::fs::read_to_string(dirs.public_key()).expect("public key"))
         .expect("parse public key")
@@ -148,12 +159,8 @@ fn resumed_stream_is_gap_free_and_verifies() {
             .expect("stream")
             .into_inner();
         while received.hashes.len() < 500 {
-            let item = stream
-                .message()
-                .await
-                .expect("message")
-                .expect("open stream");
-            received.take(item.item.expect("item"), &key);
+            let item = next_item(&mut stream, 30, "the first stream stalled").await;
+            received.take(item, &key);
         }
         drop(stream);
         drop(c);
@@ -171,12 +178,8 @@ fn resumed_stream_is_gap_free_and_verifies() {
             .into_inner();
         let mut target = u64::MAX;
         loop {
-            let item = tokio::time::timeout(Duration::from_secs(30), stream.message())
-                .await
-                .expect("the stream stalled")
-                .expect("message")
-                .expect("open stream");
-            received.take(item.item.expect("item"), &key);
+            let item = next_item(&mut stream, 30, "the stream stalled").await;
+            received.take(item, &key);
             if target == u64::MAX && done.load(Ordering::SeqCst) {
                 target = committed(&mut c).await;
             }
@@ -287,12 +290,8 @@ fn hundred_subscribers_and_a_stalled_one() {
                 let mut next = start;
                 let mut hashes = 0u64;
                 loop {
-                    let item = tokio::time::timeout(Duration::from_secs(60), stream.message())
-                        .await
-                        .expect("a live subscriber stalled")
-                        .expect("message")
-                        .expect("open stream");
-                    match item.item.expect("item") {
+                    let item = next_item(&mut stream, 60, "a live subscriber stalled").await;
+                    match item {
                         Item::Event(e) => {
                             assert_eq!(e.sequence, next, "gap or duplicate");
                             next += 1;
@@ -371,12 +370,8 @@ fn hundred_subscribers_and_a_stalled_one() {
         let mut next = start;
         let mut lagged = false;
         loop {
-            let item = tokio::time::timeout(Duration::from_secs(60), stream.message())
-                .await
-                .expect("the stalled subscriber never caught up")
-                .expect("message")
-                .expect("open stream");
-            match item.item.expect("item") {
+            let item = next_item(&mut stream, 60, "the stalled subscriber never caught up").await;
+            match item {
                 Item::Event(e) => {
                     assert_eq!(e.sequence, next, "gap or duplicate after the lag");
                     next += 1;

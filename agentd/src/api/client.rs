@@ -11,6 +11,9 @@ use super::proto::custos_client::CustosClient;
 /// A connected API client.
 pub type Client = CustosClient<Channel>;
 
+/// The stream `StreamEvents` returns.
+pub type EventStream = tonic::Streaming<super::proto::StreamEventsResponse>;
+
 /// Where agentd is.
 #[derive(Debug, Clone)]
 pub enum Target {

@@ -33,6 +33,10 @@ use crate::{
     record::Records,
 };
 
+/// Refused handshakes recorded per second at most (a port scan must not flood the log); the
+/// rest are counted in the next record's `status_detail`.
+const DENIED_PER_SECOND: u32 = 10;
+
 /// How long a TLS client has to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gRPC message accepted from a client (requests are small).
@@ -236,6 +240,7 @@ async fn accept_tls(
     control: ControlTx,
 ) {
     let records = Arc::new(Records::new());
+    let limiter = Arc::new(std::sync::Mutex::new(Limiter::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -245,11 +250,12 @@ async fn accept_tls(
                 continue;
             }
         };
-        let (acceptor, tx, control, records) = (
+        let (acceptor, tx, control, records, limiter) = (
             acceptor.clone(),
             tx.clone(),
             control.clone(),
             Arc::clone(&records),
+            Arc::clone(&limiter),
         );
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -257,17 +263,78 @@ async fn accept_tls(
                     let _ = tx.send(Ok(tls)).await;
                 }
                 Ok(Err(err)) => {
+                    let admitted = limiter
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .admit(std::time::Instant::now());
+                    let Some(suppressed) = admitted else {
+                        return;
+                    };
                     tracing::warn!(%peer, %err, "API: TLS handshake refused");
+                    let mut detail = format!("TLS handshake refused: {err}");
+                    if suppressed > 0 {
+                        detail.push_str(&format!(
+                            " ({suppressed} more refused handshakes not recorded one by one)"
+                        ));
+                    }
                     control.send(records.api_denied(
                         "connect",
                         &peer.to_string(),
                         None,
                         "tls",
-                        &format!("TLS handshake refused: {err}"),
+                        &detail,
                     ));
                 }
                 Err(_) => tracing::debug!(%peer, "API: TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Admits at most [`DENIED_PER_SECOND`] records per second.
+#[derive(Debug, Default)]
+struct Limiter {
+    window: Option<std::time::Instant>,
+    admitted: u32,
+    suppressed: u64,
+}
+
+impl Limiter {
+    /// `Some(refusals suppressed since the last admitted one)` when a record may be written.
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.admitted = 0;
+        }
+        if self.admitted < DENIED_PER_SECOND {
+            self.admitted += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn refusals_are_rate_limited_and_counted() {
+        let mut limiter = Limiter::default();
+        let t0 = Instant::now();
+        for _ in 0..DENIED_PER_SECOND {
+            assert_eq!(limiter.admit(t0), Some(0));
+        }
+        assert_eq!(limiter.admit(t0), None);
+        assert_eq!(limiter.admit(t0 + Duration::from_millis(500)), None);
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(1)), Some(2));
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(1)), Some(0));
     }
 }

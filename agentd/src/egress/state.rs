@@ -183,6 +183,23 @@ struct AgentState {
     written: BTreeMap<Net, EgressValue>,
 }
 
+impl AgentState {
+    /// The policy as records and the API describe it.
+    fn info(&self) -> PolicyInfo {
+        PolicyInfo {
+            hash: hex::encode(self.hash),
+            mode: self.policy.mode,
+            rules: self
+                .policy
+                .rules
+                .iter()
+                .map(|r| (r.id, r.describe()))
+                .collect(),
+            source: self.policy.source.clone(),
+        }
+    }
+}
+
 /// What an earlier run left in the kernel for one agent.
 #[derive(Debug, Clone)]
 struct Leftover {
@@ -338,18 +355,7 @@ impl<K: EgressKernel> EgressState<K> {
 
     /// `agent`'s policy in force, described.
     pub fn policy_of(&self, agent: u32) -> Option<PolicyInfo> {
-        let state = self.agents.get(&agent)?;
-        Some(PolicyInfo {
-            hash: hex::encode(state.hash),
-            mode: state.policy.mode,
-            rules: state
-                .policy
-                .rules
-                .iter()
-                .map(|r| (r.id, r.describe()))
-                .collect(),
-            source: state.policy.source.clone(),
-        })
+        self.agents.get(&agent).map(AgentState::info)
     }
 
     /// Puts `policies` in force. On error nothing changed.
@@ -430,17 +436,7 @@ impl<K: EgressKernel> EgressState<K> {
                     });
                 }
             }
-            let info = Arc::new(PolicyInfo {
-                hash: hex::encode(state.hash),
-                mode: state.policy.mode,
-                rules: state
-                    .policy
-                    .rules
-                    .iter()
-                    .map(|r| (r.id, r.describe()))
-                    .collect(),
-                source: state.policy.source.clone(),
-            });
+            let info = Arc::new(state.info());
             self.versions
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
