@@ -151,6 +151,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let mut pipeline_task = tokio::task::spawn_blocking(move || pipeline.run(&flag));
+    // However this function ends (a panic included), the pipeline thread is told to stop:
+    // the runtime waits for it before the process can exit.
+    let _stop_pipeline = StopOnDrop(Arc::clone(&shutdown));
     let result = loop {
         tokio::select! {
             result = &mut pipeline_task => break result,
@@ -196,6 +199,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
         source: std::io::Error::other(err),
     })??;
     Ok(stats)
+}
+
+/// Sets the shutdown flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Start-up, steps 1 to 5 of the module documentation.

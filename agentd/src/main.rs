@@ -50,6 +50,24 @@ fn print_error(err: &dyn std::error::Error, hint: Option<&str>) {
     }
 }
 
+/// Standard error for agentd's diagnostics, ignoring write failures: when whoever reads it goes
+/// away (a closed pipe, a restarted journal), agentd must go on recording and enforcing. The
+/// signed log, not standard error, is the record; tracing-subscriber would otherwise report the
+/// failure with `eprintln!`, which panics on a broken pipe.
+struct DiagnosticStderr;
+
+impl std::io::Write for DiagnosticStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -57,7 +75,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| DiagnosticStderr)
         .init();
 
     if cli.print_default_config {

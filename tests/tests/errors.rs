@@ -207,3 +207,44 @@ fn the_kernel_refuses_the_programs() {
     assert!(err.contains("Operation not permitted"), "{err}");
     assert!(err.contains("hint: agentd needs root (CAP_BPF"), "{err}");
 }
+
+/// Whoever reads agentd's diagnostics may go away (a closed pipe, a restarted journal): agentd
+/// keeps running, and still stops cleanly on SIGINT with its log intact.
+#[test]
+fn survives_its_stderr_closing() {
+    use std::io::{BufRead as _, BufReader};
+    let dirs = Dirs::new();
+    let config = dirs.path().join("agentd.toml");
+    std::fs::write(&config, with_private_paths(&dirs, "")).unwrap();
+    let mut child = Command::new(agentd_path())
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("agentd ready") {
+        line.clear();
+    }
+    assert!(line.contains("agentd ready"), "agentd did not start");
+    drop(stderr);
+    // Heartbeats and checkpoints go on; every diagnostic now meets a broken pipe.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "agentd died with its stderr"
+    );
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "agentd exited with {status}");
+    let (code, out) = custos_tests::agentctl(&[
+        "verify",
+        dirs.log().to_str().unwrap(),
+        "--key",
+        dirs.public_key().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
