@@ -134,16 +134,10 @@ impl Validator<'_> {
         if let Some(name) = &raw.operator_group {
             api.operator_gid = Some(group(name, "api.operator_group")?);
         }
-        if let Some(window) = &raw.subscriber_window {
-            let value = *window.get_ref();
-            if !(4..=65_536).contains(&value) {
-                return Err(self.error(
-                    window.span(),
-                    "api.subscriber_window",
-                    format!("{value} is outside 4..=65536"),
-                ));
-            }
-            api.subscriber_window = value as usize;
+        if let Some(window) =
+            self.range(&raw.subscriber_window, "api.subscriber_window", 4, 65_536)?
+        {
+            api.subscriber_window = window as usize;
         }
         if let Some(tcp) = &raw.tcp {
             let span = tcp.span();

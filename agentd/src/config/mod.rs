@@ -471,6 +471,25 @@ impl Validator<'_> {
         }
     }
 
+    /// An optional number that must lie in `min..=max`.
+    fn range(
+        &self,
+        value: &Option<Spanned<u64>>,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
+            Some(v) => Err(self.error(
+                v.span(),
+                field,
+                format!("{} is outside {min}..={max}", v.get_ref()),
+            )),
+        }
+    }
+
     fn config(&self, raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
         use sha2::Digest as _;
 
@@ -695,28 +714,13 @@ impl Validator<'_> {
                 dns.upstream.push(addr);
             }
         }
-        let range = |value: &Option<Spanned<u64>>,
-                     field: &str,
-                     min: u64,
-                     max: u64|
-         -> Result<Option<u64>, ConfigError> {
-            match value {
-                None => Ok(None),
-                Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
-                Some(v) => Err(self.error(
-                    v.span(),
-                    field,
-                    format!("{} is outside {min}..={max}", v.get_ref()),
-                )),
-            }
-        };
-        if let Some(port) = range(&raw.port_base, "dns.port_base", 1024, 60_000)? {
+        if let Some(port) = self.range(&raw.port_base, "dns.port_base", 1024, 60_000)? {
             dns.port_base = port as u16;
         }
-        if let Some(secs) = range(&raw.grace_seconds, "dns.grace_seconds", 0, 86_400)? {
+        if let Some(secs) = self.range(&raw.grace_seconds, "dns.grace_seconds", 0, 86_400)? {
             dns.grace = std::time::Duration::from_secs(secs);
         }
-        if let Some(ms) = range(&raw.timeout_ms, "dns.timeout_ms", 50, 30_000)? {
+        if let Some(ms) = self.range(&raw.timeout_ms, "dns.timeout_ms", 50, 30_000)? {
             dns.timeout = std::time::Duration::from_millis(ms);
         }
         Ok(dns)
@@ -759,25 +763,10 @@ impl Validator<'_> {
             }
             log.origin = Some(value.clone());
         }
-        let range = |value: &Option<Spanned<u64>>,
-                     field: &str,
-                     min: u64,
-                     max: u64|
-         -> Result<Option<u64>, ConfigError> {
-            match value {
-                None => Ok(None),
-                Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
-                Some(v) => Err(self.error(
-                    v.span(),
-                    field,
-                    format!("{} is outside {min}..={max}", v.get_ref()),
-                )),
-            }
-        };
-        if let Some(mib) = range(&raw.segment_mib, "log.segment_mib", 1, 4096)? {
+        if let Some(mib) = self.range(&raw.segment_mib, "log.segment_mib", 1, 4096)? {
             log.segment_bytes = mib << 20;
         }
-        if let Some(ms) = range(
+        if let Some(ms) = self.range(
             &raw.checkpoint_interval_ms,
             "log.checkpoint_interval_ms",
             10,
@@ -785,13 +774,13 @@ impl Validator<'_> {
         )? {
             log.checkpoint_interval = std::time::Duration::from_millis(ms);
         }
-        if let Some(secs) = range(&raw.heartbeat_seconds, "log.heartbeat_seconds", 1, 3600)? {
+        if let Some(secs) = self.range(&raw.heartbeat_seconds, "log.heartbeat_seconds", 1, 3600)? {
             log.heartbeat = std::time::Duration::from_secs(secs);
         }
-        if let Some(days) = range(&raw.retention_days, "log.retention_days", 0, 36_500)? {
+        if let Some(days) = self.range(&raw.retention_days, "log.retention_days", 0, 36_500)? {
             log.retention_age = (days > 0).then(|| std::time::Duration::from_secs(days * 86_400));
         }
-        if let Some(mib) = range(&raw.retention_mib, "log.retention_mib", 0, 1 << 30)? {
+        if let Some(mib) = self.range(&raw.retention_mib, "log.retention_mib", 0, 1 << 30)? {
             log.retention_bytes = (mib > 0).then_some(mib << 20);
         }
         Ok(log)
