@@ -46,6 +46,8 @@ fn proto() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // A record goes to every subscriber: shared bytes, not one copy each.
+        .bytes(".custos.v1.Event.record")
         .compile_fds(files)
         .context("generating the API's gRPC code")
 }

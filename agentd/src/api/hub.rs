@@ -29,8 +29,8 @@ pub const CHANNEL_CHUNKS: usize = 256;
 pub struct Chunk {
     /// Sequence number of the first.
     pub first: u64,
-    /// (record bytes, kind).
-    pub leaves: Vec<(Vec<u8>, &'static str)>,
+    /// (record bytes, kind), shared by every subscriber.
+    pub leaves: Vec<(bytes::Bytes, &'static str)>,
 }
 
 impl Chunk {
@@ -157,7 +157,7 @@ impl Hub {
         let mut first = size - count;
         let mut chunk = Vec::with_capacity(CHUNK_LEAVES.min(count as usize));
         for (leaf, kind) in leaves {
-            chunk.push((leaf.to_vec(), kind));
+            chunk.push((bytes::Bytes::copy_from_slice(leaf), kind));
             if chunk.len() == CHUNK_LEAVES {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LEAVES));
                 let n = full.len() as u64;

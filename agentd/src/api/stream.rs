@@ -185,7 +185,8 @@ impl Subscriber {
             })?;
             for (seq, leaf) in leaves {
                 let kind = kind_of(&leaf);
-                self.send_record(seq, &leaf, &kind).await?;
+                self.send_record(seq, &bytes::Bytes::from(leaf), &kind)
+                    .await?;
             }
         }
         if let Some(latest) = self.hub.latest_checkpoint() {
@@ -194,7 +195,7 @@ impl Subscriber {
         self.flush_checkpoint().await
     }
 
-    async fn send_record(&mut self, seq: u64, leaf: &[u8], kind: &str) -> Result<(), Stop> {
+    async fn send_record(&mut self, seq: u64, leaf: &bytes::Bytes, kind: &str) -> Result<(), Stop> {
         if seq != self.next {
             return Ok(());
         }
@@ -205,7 +206,7 @@ impl Subscriber {
         }
         self.send(Out::Event(proto::Event {
             sequence: seq,
-            record: leaf.to_vec(),
+            record: leaf.clone(),
             kind: kind.to_owned(),
         }))
         .await
