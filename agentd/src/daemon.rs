@@ -36,6 +36,7 @@ use crate::{
     clock::BootClock,
     config::{Config, ConfigError, SensorMode},
     control::{self, ControlTx},
+    detect::{actuator::Actuator, webhook},
     egress::state::PolicyChange,
     egress::{
         self,
@@ -68,6 +69,7 @@ struct Started {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
     api: api::server::Bound,
+    actuator: Arc<Actuator>,
     _lock: File,
 }
 
@@ -100,6 +102,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
         registry,
         hub,
         api,
+        actuator,
         _lock,
     } = started;
 
@@ -137,6 +140,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
         egress: Arc::clone(&egress),
         control: control.clone(),
         reloader: Arc::clone(&reloader) as Arc<dyn Reload>,
+        actuator,
     });
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(api::server::serve(
@@ -271,6 +275,12 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
     };
     let versions = egress.versions();
     let identity = Identity::new(Registry::new(&config), host.cgroup_root.clone());
+    let egress = Arc::new(Mutex::new(egress));
+    let actuator = Arc::new(Actuator::new(Arc::clone(&egress), host.cgroup_root.clone()));
+    let webhook = match (&config.detector.webhook, config.detector.enabled) {
+        (Some(settings), true) => Some(start_webhook(settings, log.signer(), &control)?),
+        _ => None,
+    };
     let pipeline = Pipeline::start(pipeline::Parts {
         config: &config,
         identity,
@@ -283,20 +293,60 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
         versions: Arc::clone(&versions),
         loss_state: (loss_path, loss_baseline),
         hub: Arc::clone(&hub),
+        actuator: Arc::clone(&actuator),
+        webhook,
     })?;
     sensor.retire_previous();
     Ok(Started {
         config,
         pipeline,
         sensor,
-        egress: Arc::new(Mutex::new(egress)),
+        egress,
         versions,
         listeners,
         control,
         registry,
         hub,
         api,
+        actuator,
         _lock: lock,
+    })
+}
+
+/// Starts the alert webhook: bodies signed with the log's key, failures logged as records.
+fn start_webhook(
+    settings: &crate::config::detector::WebhookSettings,
+    signer: &crate::log::note::NoteSigner,
+    control: &ControlTx,
+) -> Result<webhook::Sender, RunError> {
+    let config = webhook::WebhookConfig {
+        url: settings.url.clone(),
+        ca: settings.ca.clone(),
+        timeout: settings.timeout,
+        attempts: settings.attempts,
+        ..webhook::WebhookConfig::default()
+    };
+    let key = signer.verifier().to_string();
+    let signer = signer.clone();
+    let control = control.clone();
+    let records = Records::new();
+    webhook::spawn(
+        config,
+        key,
+        Arc::new(move |message: &[u8]| signer.sign_bytes(message)),
+        Arc::new(move |failure: webhook::Failure| {
+            let mut detail = crate::json::Obj::new();
+            detail
+                .str("delivery", &failure.id)
+                .u64("attempts", failure.attempts as u64)
+                .str("error", &failure.error)
+                .bool("dropped", failure.dropped);
+            control.send(records.log_event("detector.webhook_failed", 4, &detail));
+        }),
+    )
+    .map_err(|err| RunError::Io {
+        what: "cannot start the alert webhook".into(),
+        source: std::io::Error::other(err.to_string()),
     })
 }
 

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod detect;
 pub mod egress;
 pub mod identity;
 pub mod json;

@@ -27,6 +27,10 @@ use crate::{
     api::hub::{Hub, LiveProcess, SignedCheckpoint},
     config::{Config, LogSettings, SelectorKind, SensorMode},
     control::ControlRx,
+    detect::{
+        Engine,
+        actuator::{Actuator, Member},
+    },
     egress::state::SharedVersions,
     identity::{
         Identity, ProcessFacts, cgroups,
@@ -38,7 +42,7 @@ use crate::{
     loss::LossTracker,
     output::{EventSink, SinkError},
     process::{ProcessInfo, ProcessTable},
-    record::{Record, Records},
+    record::{Record, Records, detector::Outcome},
     sensor::{
         Attached, KernelMaps, SensorOutput,
         decode::{SensorEvent, bytes_of, decode, split_argv},
@@ -104,6 +108,12 @@ struct Core {
     hub: std::sync::Arc<Hub>,
     /// The process table changed since the hub's copy was made.
     procs_dirty: bool,
+    /// The detector, when enabled.
+    detect: Option<Engine>,
+    /// Carries out containment.
+    actuator: std::sync::Arc<Actuator>,
+    /// Where alerts are posted, if anywhere.
+    webhook: Option<crate::detect::webhook::Sender>,
 }
 
 /// The running pipeline.
@@ -137,6 +147,10 @@ pub struct Parts<'a> {
     pub loss_state: (std::path::PathBuf, Option<[u64; LOSS_SLOTS as usize]>),
     /// Where committed records and checkpoints are published for the API.
     pub hub: std::sync::Arc<Hub>,
+    /// Carries out the detector's containment (shared with the API, which releases).
+    pub actuator: std::sync::Arc<Actuator>,
+    /// Where alerts are posted.
+    pub webhook: Option<crate::detect::webhook::Sender>,
 }
 
 impl Pipeline {
@@ -156,6 +170,8 @@ impl Pipeline {
             versions,
             loss_state: (loss_path, loss_baseline),
             hub,
+            actuator,
+            webhook,
         } = parts;
         let export = match &config.events_path {
             Some(path) => Some(EventSink::open(path, config.stdout)?),
@@ -193,6 +209,9 @@ impl Pipeline {
             outage_logged: false,
             hub,
             procs_dirty: true,
+            detect: None,
+            actuator,
+            webhook,
         };
         core.hub.set_committed(core.log.size());
         if let Some((checkpoint, note)) = core.log.last_checkpoint() {
@@ -237,6 +256,25 @@ impl Pipeline {
         }
         let start = core.start_record(config, attached, bound.len());
         core.emit(start);
+        if config.detector.enabled {
+            let (engine, outputs, problem) = Engine::new(config);
+            if let Some(problem) = problem {
+                let mut detail = Obj::new();
+                detail
+                    .str("path", &problem.path.display().to_string())
+                    .str("error", &problem.error);
+                match &problem.moved_to {
+                    Some(p) => detail.str("moved_to", &p.display().to_string()),
+                    None => detail.null("moved_to"),
+                };
+                let record = core
+                    .records
+                    .log_event("detector.baselines_refused", 4, &detail);
+                core.emit(record);
+            }
+            core.detect = Some(engine);
+            core.detected(outputs);
+        }
         core.take_control();
         core.commit()?;
         core.sign()?;
@@ -286,6 +324,9 @@ impl Pipeline {
         }
         self.core.take_control();
         self.core.tick()?;
+        if let Some(engine) = &mut self.core.detect {
+            engine.save();
+        }
         let stats = self.core.stats;
         let mut detail = Obj::new();
         detail
@@ -357,10 +398,118 @@ impl Core {
         }
     }
 
-    /// Hands a record to the log (never fails: during an outage the log counts it).
-    fn emit(&mut self, mut record: Record) {
+    /// Hands a record to the log (never fails: during an outage the log counts it); returns
+    /// its sequence number (`None` during an outage).
+    fn emit(&mut self, mut record: Record) -> Option<u64> {
         self.stats.records += 1;
-        self.log.stage(&mut record.obj, record.kind);
+        self.log.stage(&mut record.obj, record.kind)
+    }
+
+    /// Logs what the detector decided, carrying out containment first so that its record
+    /// says what was done.
+    fn detected(&mut self, outputs: Vec<detector::Output>) {
+        use detector::Output;
+        for output in outputs {
+            let registry = self.identity.registry();
+            match output {
+                Output::Alert(alert) => {
+                    tracing::warn!(
+                        agent = %alert.name,
+                        incident = alert.incident,
+                        severity = alert.severity.as_str(),
+                        findings = alert.findings.len(),
+                        "detector alert"
+                    );
+                    let mut record = self.records.detector_alert(registry, &alert);
+                    self.stats.records += 1;
+                    self.log.stage(&mut record.obj, record.kind);
+                    if let Some(webhook) = &self.webhook {
+                        let mut body = Vec::new();
+                        record.obj.write_to(&mut body);
+                        webhook.send(body);
+                    }
+                }
+                Output::Finding {
+                    agent,
+                    incident,
+                    finding,
+                } => {
+                    let record = self
+                        .records
+                        .detector_finding(registry, agent, incident, &finding);
+                    self.emit(record);
+                }
+                Output::Action(action) => {
+                    let outcome = if action.mode == detector::Mode::Act {
+                        self.contain(&action)
+                    } else {
+                        Outcome::NotDone
+                    };
+                    tracing::warn!(
+                        agent = %action.name,
+                        incident = action.incident,
+                        step = action.step.as_str(),
+                        mode = action.mode.as_str(),
+                        ?outcome,
+                        "detector containment"
+                    );
+                    let registry = self.identity.registry();
+                    let record = self.records.detector_action(registry, &action, &outcome);
+                    self.emit(record);
+                }
+                Output::Stage {
+                    agent,
+                    name,
+                    transition,
+                    summary,
+                } => {
+                    tracing::info!(agent = %name, stage = transition.to.as_str(), reason = %transition.reason, "detector profile");
+                    let record =
+                        self.records
+                            .detector_profile(registry, agent, &transition, &summary);
+                    self.emit(record);
+                }
+                Output::Closed {
+                    agent,
+                    incident,
+                    reason,
+                } => {
+                    let record = self
+                        .records
+                        .detector_closed(registry, agent, incident, reason);
+                    self.emit(record);
+                }
+            }
+        }
+    }
+
+    /// Carries out one containment step.
+    fn contain(&self, action: &detector::Action) -> Outcome {
+        use detector::incident::Step;
+        let members: Vec<Member> = self
+            .procs
+            .iter()
+            .filter(|p| p.binding.agent.agent_id == action.agent)
+            .map(|p| Member {
+                pid: p.pid,
+                start_ns: p.start_ns,
+            })
+            .collect();
+        let owner = |pid: u32| self.procs.get(pid).map(|p| p.binding.agent.agent_id);
+        let result = match action.step {
+            Step::Alert => return Outcome::NotDone,
+            Step::Quarantine => self.actuator.quarantine(action.agent, action.incident),
+            Step::Freeze => self
+                .actuator
+                .freeze(action.agent, action.incident, &members, owner),
+            Step::Kill => self
+                .actuator
+                .kill(action.agent, action.incident, &members, owner),
+        };
+        match result {
+            Ok(detail) => Outcome::Done(detail),
+            Err(error) => Outcome::Failed(error),
+        }
     }
 
     /// Writes the staged records and exports the ones that were written.
@@ -474,6 +623,12 @@ impl Core {
         if self.log.take_rolled() || self.last_retention.elapsed() >= RETENTION_EVERY {
             self.last_retention = Instant::now();
             self.retention()?;
+        }
+        if let Some(engine) = &mut self.detect {
+            let released = self.actuator.take_released();
+            let outputs = engine.tick(&self.procs, &released);
+            self.detected(outputs);
+            self.commit()?;
         }
         self.records.refresh_clock();
         self.publish_state();
@@ -732,6 +887,13 @@ impl Core {
         ) {
             self.procs_dirty = true;
         }
+        let actor_exe = match &self.detect {
+            Some(_) if event.header().agent.agent_id != 0 => self
+                .procs
+                .get(event.header().tgid)
+                .and_then(|p| p.exe.clone()),
+            _ => None,
+        };
         let registry = self.identity.registry();
         let record = match &event {
             SensorEvent::Exec(ev) => {
@@ -782,7 +944,13 @@ impl Core {
             }
             SensorEvent::Cgroup(_) => return Ok(()),
         };
-        self.emit(record);
+        let seq = self.emit(record);
+        if let Some(engine) = &mut self.detect {
+            let outputs = engine.observe(&event, seq, actor_exe.as_deref());
+            if !outputs.is_empty() {
+                self.detected(outputs);
+            }
+        }
         Ok(())
     }
 

@@ -820,6 +820,7 @@ impl Records {
 }
 
 pub mod api;
+pub mod detector;
 mod egress;
 #[cfg(test)]
 mod tests;

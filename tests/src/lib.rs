@@ -544,6 +544,15 @@ impl Running {
         stdin.flush().expect("flush");
     }
 
+    /// Writes `line` (and a newline) to the workload's standard input.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to workload");
+        stdin.flush().expect("flush");
+    }
+
     /// Waits for the workload to exit; returns its exit code.
     pub fn wait(mut self) -> i32 {
         drop(self.stdin.take());

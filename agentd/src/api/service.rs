@@ -23,6 +23,7 @@ use super::{
 use crate::{
     config::{ConfigError, api::Role},
     control::ControlTx,
+    detect::actuator::Actuator,
     egress::state::{EgressState, PolicyChange, Quarantine},
     identity::registry::Registry,
     log::{merkle::consistency_proof, note::SignedNote, proof::ProofBundle, reader::LogReader},
@@ -48,6 +49,7 @@ pub struct Service {
     control: ControlTx,
     records: Records,
     reloader: Arc<dyn Reload>,
+    actuator: Arc<Actuator>,
 }
 
 /// What the service needs.
@@ -64,6 +66,8 @@ pub struct Parts {
     pub control: ControlTx,
     /// Policy reloads.
     pub reloader: Arc<dyn Reload>,
+    /// The detector's containment (a release undoes it).
+    pub actuator: Arc<Actuator>,
 }
 
 impl Service {
@@ -77,6 +81,7 @@ impl Service {
             control: parts.control,
             records: Records::new(),
             reloader: parts.reloader,
+            actuator: parts.actuator,
         }
     }
 
@@ -226,13 +231,21 @@ impl Service {
                 }),
             )
             .map_err(|err| Status::internal(format!("cannot update the kernel map: {err}")))?;
-        tracing::warn!(agent = %request.agent, caller = %caller.name, reason, changed, "{}", if quarantine { "agent quarantined" } else { "agent released" });
+        // A release also undoes what the detector did (frozen processes) and closes its
+        // incident: only an operator ends a containment.
+        let released = (!quarantine).then(|| self.actuator.release(agent));
+        let changed = changed
+            || released
+                .as_ref()
+                .is_some_and(|r| r.thawed > 0 || r.continued > 0);
+        tracing::warn!(agent = %request.agent, caller = %caller.name, reason, changed, ?released, "{}", if quarantine { "agent quarantined" } else { "agent released" });
         self.control.send(self.records.containment(
             &self.registry,
             agent,
             quarantine,
             changed,
             &by,
+            released.as_ref(),
         ));
         let containment = self
             .agent_message(agent)

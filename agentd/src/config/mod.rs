@@ -4,6 +4,7 @@
 //! nothing half-valid is ever returned: a configuration is accepted whole or refused whole.
 
 pub mod api;
+pub mod detector;
 pub mod egress;
 mod raw;
 
@@ -156,6 +157,8 @@ pub struct AgentSpec {
     pub selectors: Vec<SelectorKind>,
     /// The egress policy written in the configuration, if any (policy files may add one).
     pub egress: Option<egress::EgressPolicy>,
+    /// What the detector does for it.
+    pub detection: detector::Detection,
 }
 
 /// agentd's DNS resolver for agents with an egress policy (`[dns]`).
@@ -260,6 +263,8 @@ pub struct Config {
     pub pending_egress_deny: bool,
     /// The API (`[api]`).
     pub api: api::ApiSettings,
+    /// `[detector]`.
+    pub detector: detector::DetectorSettings,
     /// The agents.
     pub agents: Vec<AgentSpec>,
 }
@@ -563,6 +568,7 @@ impl Validator<'_> {
         let log = self.log(&raw.log)?;
         let dns = self.dns(&raw.dns)?;
         let api = self.api(&raw.api)?;
+        let detector = self.detector(&raw.detector)?;
         let abs = |value: &Option<Spanned<String>>,
                    field: &str,
                    default: &str|
@@ -689,6 +695,7 @@ impl Validator<'_> {
             state_dir,
             pending_egress_deny,
             api,
+            detector,
             agents,
         })
     }
@@ -859,8 +866,10 @@ impl Validator<'_> {
                 e.span(),
             )?),
         };
+        let detection = self.detection(&raw.detection, &field("detection"))?;
         let spiffe_id = format!("spiffe://{trust_domain}/agent/{name}");
         Ok(AgentSpec {
+            detection,
             egress,
             id: crate::identity::registry::stable_id(&spiffe_id),
             spiffe_id,

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub dns: RawDns,
     pub policy: RawPolicy,
     pub api: RawApi,
+    pub detector: super::detector::RawDetector,
     #[serde(rename = "agent")]
     pub agents: Vec<Spanned<RawAgent>>,
 }
@@ -112,6 +113,8 @@ pub struct RawAgent {
     pub selectors: Vec<Spanned<RawSelector>>,
     #[serde(default)]
     pub egress: Option<Spanned<super::egress::RawEgress>>,
+    #[serde(default)]
+    pub detection: Option<Spanned<String>>,
 }
 
 /// One selector: exactly one of `cgroup`, `executable`, `uid`, `gid` (and `sha256` only with

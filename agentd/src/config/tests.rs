@@ -273,3 +273,66 @@ fn api_settings_are_validated() {
         "api.tcp.client",
     );
 }
+
+#[test]
+fn detector_settings_are_validated() {
+    use crate::config::detector::Detection;
+    use ::detector::incident::Step;
+
+    let config = Config::parse(
+        "[detector]\nwindow_seconds = 10\nquiet_seconds = 60\ndry_run = true\n[detector.ladder]\nlow = \"kill\"\n[detector.webhook]\nurl = \"http://127.0.0.1:9/x\"\n[[agent]]\nname = \"a\"\ndetection = \"enforce\"\nselectors = [{ uid = 1 }]\n",
+        "t.toml",
+    )
+    .unwrap();
+    let d = &config.detector;
+    assert!(d.enabled);
+    assert_eq!(d.detector.window_ms, 10_000);
+    assert_eq!(d.detector.lifecycle.quiet_ms, 60_000);
+    assert!(d.detector.dry_run);
+    assert_eq!(d.detector.ladder.low, Step::Kill);
+    assert_eq!(d.detector.ladder.medium, Step::Quarantine, "default kept");
+    assert_eq!(d.webhook.as_ref().map(|w| w.attempts), Some(5));
+    assert_eq!(config.agents[0].detection, Detection::Enforce);
+    assert_eq!(
+        d.baselines_path(std::path::Path::new("/s")),
+        std::path::PathBuf::from("/s/detector/baselines.json")
+    );
+    // The default: monitor.
+    let config = Config::parse(
+        "[[agent]]\nname = \"a\"\nselectors = [{ uid = 1 }]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(config.agents[0].detection, Detection::Monitor);
+
+    let refused = |text: &str, field: &str| {
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.line.is_some(), "{err}");
+    };
+    refused(
+        "[detector]\nwindow_seconds = 0\n",
+        "detector.window_seconds",
+    );
+    refused(
+        "[detector.ladder]\nmedium = \"nuke\"\n",
+        "detector.ladder.medium",
+    );
+    refused(
+        "[detector]\nbaselines = \"rel.json\"\n",
+        "detector.baselines",
+    );
+    refused(
+        "[detector.webhook]\nurl = \"ftp://x\"\n",
+        "detector.webhook.url",
+    );
+    refused(
+        "[detector.webhook]\nurl = \"https://siem.example\"\n",
+        "detector.webhook.ca",
+    );
+    refused(
+        "[[agent]]\nname = \"a\"\ndetection = \"always\"\nselectors = [{ uid = 1 }]\n",
+        "agent[0].detection",
+    );
+    refused("[detector]\nsurprise = 1\n", "");
+}

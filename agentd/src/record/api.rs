@@ -56,6 +56,7 @@ impl Records {
         quarantine: bool,
         changed: bool,
         by: &Requester<'_>,
+        released: Option<&crate::detect::actuator::Released>,
     ) -> Record {
         let (kind, activity_id, activity) = if quarantine {
             ("containment.quarantine", 1, "Isolate")
@@ -84,6 +85,14 @@ impl Records {
             c.str("action", if quarantine { "quarantine" } else { "release" })
                 .str("scope", "egress")
                 .bool("changed", changed);
+            if let Some(released) = released {
+                c.u64("cgroups_thawed", released.thawed as u64)
+                    .u64("processes_continued", released.continued as u64);
+                match released.incident {
+                    Some(id) => c.u64("incident", id),
+                    None => c.null("incident"),
+                };
+            }
         });
         Record { kind, obj }
     }
