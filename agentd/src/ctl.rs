@@ -62,6 +62,9 @@ enum Command {
     },
     /// Follow the log live (or from --from), filtered.
     Tail(remote::TailArgs),
+    /// Follow the detector's alerts, containment actions and closed incidents: `tail` of
+    /// `detector.alert`, `detector.action` and `detector.closed` unless --kind says otherwise.
+    Alerts(remote::TailArgs),
     /// Cut an agent's egress in the kernel (operator). Logged with you and the reason.
     Quarantine {
         /// Name or SPIFFE id.
@@ -189,6 +192,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => online(remote::status(conn)),
         Command::Agents { name, json } => online(remote::agents(conn, name, json)),
         Command::Tail(args) => online(remote::tail(conn, args)),
+        Command::Alerts(mut args) => {
+            if args.kinds.is_empty() {
+                args.kinds = ["detector.alert", "detector.action", "detector.closed"]
+                    .map(String::from)
+                    .to_vec();
+            }
+            online(remote::tail(conn, args))
+        }
         Command::Quarantine { agent, reason } => online(remote::contain(conn, agent, reason, true)),
         Command::Release { agent, reason } => online(remote::contain(conn, agent, reason, false)),
         Command::Policy(PolicyCommand::Reload { reason }) => online(remote::reload(conn, reason)),

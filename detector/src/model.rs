@@ -19,6 +19,10 @@
 //!    stable log-sum-exp: linfa's `predict`/`predict_proba` are not used because linfa 0.8.1
 //!    computes `ln(Σ exp(·))` without subtracting the maximum, which underflows to `-inf` (and
 //!    then NaN) for windows far from every component — exactly the windows we must flag.
+//! 6. Scoring is one-sided: for each component, features below its mean count as at the mean
+//!    (and a constant feature below its value costs nothing). Benign agents vary by doing less
+//!    (idle minutes, a loaded machine); attacks add activity. Every modelled feature also gets at
+//!    least [`MIN_FEATURE_STD`] of spread, in the scaler and in each component.
 
 use linfa::DatasetBase;
 use linfa::traits::Fit;
@@ -54,7 +58,7 @@ const CONSTANT_FEATURE_STD: f64 = 0.5;
 /// Least spread a modelled feature is given (log1p units, so about ±30 % of a count). An
 /// agent whose training windows were nearly identical would otherwise make a window with one
 /// exec fewer look many standard deviations away: counts that close are the same behaviour.
-const MIN_FEATURE_STD: f64 = 0.25;
+pub const MIN_FEATURE_STD: f64 = 0.25;
 /// Diagonal regularisation of the mixture covariances, in standardised units. It keeps the
 /// covariances of tight or collinear components positive-definite.
 const REG_COVARIANCE: f64 = 1e-3;
@@ -429,9 +433,26 @@ impl Model {
         }
         let z = standardise(x, &p.kept, &p.centre, &p.scale);
         let ln_jacobian: f64 = p.scale.iter().map(|s| s.ln()).sum();
-        let mut score = ln_jacobian - mixture_log_density(&p.components, &z, &mut Vec::new());
+        // One-sided: each component sees the window with every feature below its mean raised
+        // to the mean. Doing less than usual (an idle minute, a slow machine) is how benign
+        // agents vary; what an attack adds (execs, connections, CPU) is what counts.
+        let mut scratch = Vec::new();
+        let terms: Vec<f64> = p
+            .components
+            .iter()
+            .map(|c| {
+                let raised: Vec<f64> = z.iter().zip(&c.mean).map(|(v, m)| v.max(*m)).collect();
+                c.log_joint(&raised, &mut scratch)
+            })
+            .collect();
+        let density = if terms.is_empty() {
+            0.0
+        } else {
+            log_sum_exp(&terms)
+        };
+        let mut score = ln_jacobian - density;
         for c in &p.constants {
-            let dz = (x[c.index] - c.value) / CONSTANT_FEATURE_STD;
+            let dz = ((x[c.index] - c.value) / CONSTANT_FEATURE_STD).max(0.0);
             score += 0.5 * dz * dz + CONSTANT_FEATURE_STD.ln() + 0.5 * LN_2PI;
         }
         clamp_score(score)
@@ -510,7 +531,8 @@ impl Model {
                 clamp_score((x[c.index] - c.value) / CONSTANT_FEATURE_STD),
             ));
         }
-        out.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        // Only excesses count in the score, so they are what explains it.
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out.truncate(n);
         out
     }
@@ -883,8 +905,10 @@ mod tests {
     }
 
     fn two_clusters() -> (Vec<Vec<f64>>, [f64; 2], [f64; 2]) {
-        let a = [0.0, 0.0];
-        let b = [8.0, 8.0];
+        // Two behaviours that trade one feature for the other (scoring is one-sided, so the
+        // point between them must exceed each in some feature to be unusual).
+        let a = [0.0, 8.0];
+        let b = [8.0, 0.0];
         let mut ra = gaussian_windows(150, &a, &[0.5, 0.5], 11).into_iter();
         let mut rb = gaussian_windows(150, &b, &[0.5, 0.5], 12).into_iter();
         // Interleave so both the training and the held-out part see both behaviours.
@@ -904,6 +928,9 @@ mod tests {
         assert!(model.score(&b) < t, "{} vs {t}", model.score(&b));
         let mid = model.score(&[4.0, 4.0]);
         assert!(mid > t, "midpoint {mid} vs {t}");
+        // Doing less than either behaviour is not unusual.
+        let less = model.score(&[-4.0, -4.0]);
+        assert!(less < t, "below both {less} vs {t}");
     }
 
     #[test]
@@ -965,12 +992,14 @@ mod tests {
     fn explain_ranks_the_deviating_feature_first() {
         let model = one_cluster();
         let mut x = MEANS.to_vec();
-        x[1] -= 10.0 * SDS[1];
+        x[1] += 10.0 * SDS[1];
+        x[2] -= 10.0 * SDS[2];
         let top = model.explain(&x, 2);
         assert_eq!(top.len(), 2);
+        // Excesses explain a score (a deficit does not count): feature 1 first.
         assert_eq!(top[0].0, 1);
-        assert!((-12.0..-8.0).contains(&top[0].1), "{top:?}");
-        assert!(top[0].1.abs() >= top[1].1.abs());
+        assert!((8.0..12.0).contains(&top[0].1), "{top:?}");
+        assert!(top[0].1 >= top[1].1);
         assert!(model.explain(&x, 0).is_empty());
         assert_eq!(model.explain(&x, 10).len(), 3);
         assert!(model.explain(&[1.0], 3).is_empty());

@@ -312,6 +312,32 @@ selectors = [{{ cgroup = "{id}/coder" }}]
         "the delivered alert is the logged one"
     );
 
+    // The API streams them: `agentctl alerts` is a filtered, resumable stream of the log.
+    let (code, out) = agentctl(&[
+        "--socket",
+        socket.to_str().expect("utf-8"),
+        "alerts",
+        "--from",
+        "0",
+        "--count",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "alerts: {out}");
+    let streamed: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("record").cloned())
+        .collect();
+    assert_eq!(streamed.len(), 3, "{out}");
+    assert!(
+        streamed.iter().all(|r| r["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("detector."))),
+        "{out}"
+    );
+    assert_eq!(streamed[0]["seq"], alert["seq"], "{out}");
+
     drop(coder);
     let records = agentd.stop();
     assert!(

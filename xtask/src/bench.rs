@@ -12,6 +12,9 @@
 //!   Variants alternate round by round; each figure is the median of the rounds' medians.
 //! - `api`: records per second delivered to one subscriber and to each of ten, and the
 //!   latency from the syscall to the subscriber (median, p99), see `bench_api.rs`.
+//! - `detector`: the detector's cost per event and per window, fitting time and memory per
+//!   agent identity (`detector/examples/bench.rs`), also as ratios to SHA-256 of a 300-byte
+//!   record (the signed log's work per record) measured in the same run.
 
 use std::{
     fs,
@@ -28,7 +31,7 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// What to measure: `log`, `sensor`, `egress`, `api`, or `all`.
+    /// What to measure: `log`, `sensor`, `egress`, `api`, `detector`, or `all`.
     #[arg(default_value = "all")]
     what: String,
     /// Seconds per sensor load step.
@@ -73,6 +76,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if matches!(options.what.as_str(), "log" | "all") {
         results.push(("log".to_owned(), bench_log(&root)?));
     }
+    if matches!(options.what.as_str(), "detector" | "all") {
+        results.push(("detector".to_owned(), bench_detector(&root)?));
+    }
     if matches!(options.what.as_str(), "sensor" | "all") {
         if !util::is_root() {
             bail!("the sensor benchmark loads eBPF programs: run it as root");
@@ -109,6 +115,60 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         out.join("results.json").display()
     );
     Ok(())
+}
+
+fn bench_detector(root: &Path) -> anyhow::Result<String> {
+    println!("\n== detector: cost per event and window, memory per agent identity ==");
+    let out = util::output(util::cargo().current_dir(root).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "detector",
+        "--example",
+        "bench",
+    ]))
+    .context("running the detector benchmark")?;
+    let json = out.trim().to_owned();
+    let field = |name: &str| {
+        json.split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    println!("| measure | value | ratio to SHA-256 of a 300-byte record |");
+    println!("|---|---|---|");
+    println!(
+        "| SHA-256 of a 300-byte record (baseline) | {} ns | 1 |",
+        field("sha256_300B_ns")
+    );
+    println!(
+        "| event of a stable agent, known behaviour | {} ns | {} |",
+        field("event_known_ns"),
+        field("event_known_ratio")
+    );
+    println!(
+        "| event of a stable agent, new destination (finding, incident) | {} ns | {} |",
+        field("event_new_ns"),
+        field("event_new_ratio")
+    );
+    println!(
+        "| scoring one window | {} ns | {} |",
+        field("window_score_ns"),
+        field("window_score_ratio")
+    );
+    println!(
+        "| fitting the model on 1,440 windows | {} ms ({} components) | |",
+        field("fit_1440_windows_ms"),
+        field("model_components")
+    );
+    println!(
+        "| memory per agent (600 items, 1,440 windows) | {} KiB resident, {} KiB saved | |",
+        field("rss_kib_per_agent"),
+        field("saved_kib_per_agent")
+    );
+    Ok(json)
 }
 
 fn bench_log(root: &Path) -> anyhow::Result<String> {
@@ -233,6 +293,17 @@ impl Daemon {
     /// Starts agentd with `agents` (TOML: `[dns]` and `[[agent]]` tables) and its files, pins and
     /// state private to the benchmark.
     pub(crate) fn start_with(root: &Path, name: &str, agents: &str) -> anyhow::Result<Self> {
+        Self::start_full(root, name, agents, false)
+    }
+
+    /// Like [`Daemon::start_with`]; with `export`, records are also written to
+    /// [`Daemon::events`].
+    pub(crate) fn start_full(
+        root: &Path,
+        name: &str,
+        agents: &str,
+        export: bool,
+    ) -> anyhow::Result<Self> {
         let dir = root.join("target/bench").join(name);
         let pins = PathBuf::from(format!("/sys/fs/bpf/custos-bench-{name}"));
         let _ = fs::remove_dir_all(&dir);
@@ -242,11 +313,16 @@ impl Daemon {
         fs::write(
             &config,
             format!(
-                "[output]\nevents = \"\"\n[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n\
+                "[output]\nevents = \"{2}\"\n[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n\
                  [sensor]\npin_dir = \"{1}\"\nstate_dir = \"{0}/state\"\n\
                  [api]\nsocket = \"{0}/agentd.sock\"\n{agents}",
                 dir.display(),
-                pins.display()
+                pins.display(),
+                if export {
+                    dir.join("events.jsonl").display().to_string()
+                } else {
+                    String::new()
+                }
             ),
         )?;
         let mut child = Command::new(root.join("target/release/agentd"))
@@ -272,6 +348,11 @@ impl Daemon {
         // Keep draining its messages so it never blocks on a full pipe.
         thread::spawn(move || for _ in lines {});
         Ok(Self { child, dir, pins })
+    }
+
+    /// The records' JSON-lines export (with `export`).
+    pub(crate) fn events(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
     }
 
     /// The API socket.

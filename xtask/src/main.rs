@@ -6,6 +6,8 @@
 //!   process so events show at once.
 //! - `test`: the whole test suite: unit tests, then the privileged end-to-end tests.
 //! - `bench`: benchmarks (results in `target/bench/results.json`).
+//! - `eval`: the detector's detection rate, false alarms and response times against the real
+//!   daemon (results in `target/eval/results.json`).
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -15,6 +17,7 @@
 mod bench;
 mod bench_api;
 mod bench_egress;
+mod eval;
 mod run;
 mod setup;
 mod test;
@@ -39,6 +42,8 @@ enum Command {
     Test(test::Options),
     /// Measure: the signed log, the sensor's throughput and memory (see xtask/src/bench.rs).
     Bench(bench::Options),
+    /// Evaluate the detector: benign agents and attacks against the real daemon.
+    Eval(eval::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(options),
         Command::Bench(options) => bench::run(options),
+        Command::Eval(options) => eval::run(options),
     }
 }
