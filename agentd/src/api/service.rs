@@ -7,7 +7,7 @@
 use std::{
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -214,21 +214,13 @@ impl Service {
             transport: caller.transport,
             reason,
         };
-        let since_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
         let changed = self
             .egress
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set_quarantine(
                 agent,
-                quarantine.then(|| Quarantine {
-                    reason: reason.to_owned(),
-                    by: caller.name.clone(),
-                    since_ms,
-                }),
+                quarantine.then(|| Quarantine::now(reason, caller.name.clone())),
             )
             .map_err(|err| Status::internal(format!("cannot update the kernel map: {err}")))?;
         // A release also undoes what the detector did (frozen processes) and closes its

@@ -12,7 +12,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::SystemTime,
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -77,21 +76,16 @@ impl Actuator {
 
     /// Cuts `agent`'s egress (the kernel quarantine flag, which outlives agentd).
     pub fn quarantine(&self, agent: u32, incident: u64) -> Result<String, String> {
-        let since_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
         let changed = self
             .egress
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set_quarantine(
                 agent,
-                Some(Quarantine {
-                    reason: format!("detector incident {incident}"),
-                    by: "detector".to_owned(),
-                    since_ms,
-                }),
+                Some(Quarantine::now(
+                    format!("detector incident {incident}"),
+                    "detector",
+                )),
             )
             .map_err(|err| format!("cannot set the quarantine flag: {err}"))?;
         let mut held = self.held();

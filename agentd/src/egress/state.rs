@@ -134,7 +134,8 @@ impl NameDecision {
     }
 }
 
-/// An agent's egress cut by an operator (or carried over from an earlier run's kernel state).
+/// An agent's egress cut by an operator or the detector (or carried over from an earlier run's
+/// kernel state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantine {
     /// Why.
@@ -143,6 +144,20 @@ pub struct Quarantine {
     pub by: String,
     /// When, epoch milliseconds (0: before this run).
     pub since_ms: u64,
+}
+
+impl Quarantine {
+    /// A quarantine starting now.
+    pub fn now(reason: impl Into<String>, by: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            by: by.into(),
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        }
+    }
 }
 
 /// Addresses learned through DNS for one agent, at one address.
