@@ -148,8 +148,14 @@ impl Subscriber {
                     return Ok(());
                 }
                 Err(RecvError::Lagged(_)) => {
+                    // The live window moved past this subscriber. Only a subscriber that has
+                    // not sent what the window dropped is behind (one that was reading the files
+                    // meanwhile may already have it all): it is told so, then served from the
+                    // files.
                     let behind = self.hub.committed().saturating_sub(self.next);
-                    self.send(Out::Lag(proto::Lag { behind })).await?;
+                    if behind > 0 {
+                        self.send(Out::Lag(proto::Lag { behind })).await?;
+                    }
                     self.catch_up().await?;
                 }
             }
