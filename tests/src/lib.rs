@@ -413,6 +413,33 @@ impl Agentd {
         unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
+    /// Stops agentd with SIGSTOP and waits until every one of its threads is stopped: a
+    /// thread running on another core can otherwise still handle an event or two after the
+    /// signal was sent.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid();
+        let deadline = Instant::now() + AGENTD_TIMEOUT;
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|task| {
+                        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                            stat.rfind(')')
+                                .and_then(|i| stat.get(i + 2..i + 3))
+                                .is_some_and(|state| state == "T" || state == "t")
+                        })
+                    })
+                })
+                .unwrap_or(false);
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agentd did not stop on SIGSTOP");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Kills agentd with SIGKILL and waits for it.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");

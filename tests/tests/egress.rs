@@ -865,7 +865,7 @@ allow = []
     let mut agentd = Agentd::start(&config);
     let target = format!("tcp:127.0.0.1:{p}");
     // agentd frozen: cgroups created now stay unresolved (pending) in the kernel.
-    agentd.signal(libc::SIGSTOP);
+    agentd.freeze();
     let child = Cgroup::create(&format!("{}/sub", alpha.rel));
     let other = Cgroup::create(&format!("{id}/other"));
     let (agent_pid, got) = run(Some(&child), &[&target]);
