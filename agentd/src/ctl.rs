@@ -73,6 +73,15 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Send an agent's behaviour baseline back to learning (operator), keeping what it learned:
+    /// how a new behaviour is accepted. Logged with you and the reason.
+    Relearn {
+        /// Name or SPIFFE id.
+        agent: String,
+        /// Why (required, logged).
+        #[arg(long)]
+        reason: String,
+    },
     /// Lift a quarantine (operator). Logged with you and the reason.
     Release {
         /// Name or SPIFFE id.
@@ -202,6 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Quarantine { agent, reason } => online(remote::contain(conn, agent, reason, true)),
         Command::Release { agent, reason } => online(remote::contain(conn, agent, reason, false)),
+        Command::Relearn { agent, reason } => online(remote::relearn(conn, agent, reason)),
         Command::Policy(PolicyCommand::Reload { reason }) => online(remote::reload(conn, reason)),
         Command::Policy(PolicyCommand::Diff { config }) => online(remote::diff(conn, config)),
         Command::Verify {

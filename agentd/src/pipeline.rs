@@ -626,7 +626,8 @@ impl Core {
         }
         if let Some(engine) = &mut self.detect {
             let released = self.actuator.take_released();
-            let outputs = engine.tick(&self.procs, &released);
+            let relearn = self.actuator.take_relearn();
+            let outputs = engine.tick(&self.procs, &released, &relearn);
             self.detected(outputs);
             self.commit()?;
         }

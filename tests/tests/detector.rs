@@ -419,5 +419,34 @@ selectors = [{{ cgroup = "{id}/coder" }}]
     let mut agentd = Agentd::start_in(&dirs, &agent(r#""code:write""#), &[]);
     let refused = agentd.wait_for("the refusal", |r| r["kind"] == "detector.baselines_refused");
     assert!(refused["detail"]["moved_to"].is_string(), "{refused}");
+
+    // An operator accepts new behaviour by sending the baseline back to learning.
+    agentd.wait_for("enforcing again", |r| {
+        r["kind"] == "detector.profile"
+            && r["profile"]["stage"] == "enforcing"
+            && r["seq"].as_u64() > refused["seq"].as_u64()
+    });
+    let socket = dirs.socket();
+    let (code, out) = agentctl(&[
+        "--socket",
+        socket.to_str().expect("utf-8"),
+        "relearn",
+        "coder",
+        "--reason",
+        "new tool approved in CHG-12",
+    ]);
+    assert_eq!(code, 0, "relearn: {out}");
+    let asked = agentd.wait_for("the request", |r| r["kind"] == "detector.relearn");
+    assert_eq!(asked["reason"], "new tool approved in CHG-12");
+    assert_eq!(asked["actor"]["user"]["name"], "uid:0(root)");
+    let relearning = agentd.wait_for("learning again", |r| {
+        r["kind"] == "detector.profile"
+            && r["profile"]["stage"] == "learning"
+            && r["profile"]["from"] == "enforcing"
+    });
+    assert_eq!(
+        relearning["profile"]["reason"],
+        "relearning on an operator's request"
+    );
     let _ = agentd.stop();
 }

@@ -448,6 +448,28 @@ impl Custos for Service {
         self.contain(request, false)
     }
 
+    async fn relearn(
+        &self,
+        request: Request<proto::ContainmentRequest>,
+    ) -> Result<Response<proto::RelearnResponse>, Status> {
+        let caller = self.authorize(&request, "Relearn", Role::Operator)?;
+        let request = request.into_inner();
+        let reason = check_reason(&request.reason)?;
+        let agent = self.agent_id(&request.agent)?;
+        let by = Requester {
+            caller: &caller.name,
+            role: caller.role.as_str(),
+            transport: caller.transport,
+            reason,
+        };
+        tracing::warn!(agent = %request.agent, caller = %caller.name, reason, "baseline sent back to learning");
+        self.control
+            .send(self.records.relearn(&self.registry, agent, &by));
+        // The pipeline applies it at its next tick and logs the profile's change.
+        self.actuator.request_relearn(agent);
+        Ok(Response::new(proto::RelearnResponse {}))
+    }
+
     async fn reload_policy(
         &self,
         request: Request<proto::ReloadPolicyRequest>,

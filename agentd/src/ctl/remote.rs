@@ -358,6 +358,20 @@ fn human_line(event: &proto::Event, color: bool) -> String {
     format!("\x1b[{code}m{line}\x1b[0m")
 }
 
+/// `agentctl relearn AGENT --reason R`.
+pub async fn relearn(conn: &Connection, agent: String, reason: String) -> anyhow::Result<ExitCode> {
+    let mut client = conn.connect().await?;
+    client
+        .relearn(proto::ContainmentRequest {
+            agent: agent.clone(),
+            reason,
+        })
+        .await
+        .map_err(explain)?;
+    println!("{agent}: baseline sent back to learning (logged)");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `agentctl quarantine|release AGENT --reason R`.
 pub async fn contain(
     conn: &Connection,

@@ -57,6 +57,7 @@ pub struct Actuator {
     cgroup_root: PathBuf,
     held: Mutex<HashMap<u32, Held>>,
     released: Mutex<Vec<u32>>,
+    relearn: Mutex<Vec<u32>>,
 }
 
 impl Actuator {
@@ -67,6 +68,7 @@ impl Actuator {
             cgroup_root,
             held: Mutex::new(HashMap::new()),
             released: Mutex::new(Vec::new()),
+            relearn: Mutex::new(Vec::new()),
         }
     }
 
@@ -204,6 +206,19 @@ impl Actuator {
             }
         }
         out
+    }
+
+    /// Asks the detector (on the pipeline thread) to send `agent`'s baseline back to learning.
+    pub fn request_relearn(&self, agent: u32) {
+        self.relearn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(agent);
+    }
+
+    /// Agents whose baselines an operator sent back to learning since the last call.
+    pub fn take_relearn(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.relearn.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Agents released since the last call (for the detector to close their incidents).

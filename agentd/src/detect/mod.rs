@@ -201,11 +201,16 @@ impl Engine {
     }
 
     /// Periodic work (call often; it acts once a second): CPU, windows, lifecycle, releases,
-    /// saving. `released` lists agents an operator released since the last call.
-    pub fn tick(&mut self, procs: &ProcessTable, released: &[u32]) -> Vec<Output> {
+    /// saving. `released` and `relearn` list agents an operator released, or sent back to
+    /// learning, since the last call.
+    pub fn tick(&mut self, procs: &ProcessTable, released: &[u32], relearn: &[u32]) -> Vec<Output> {
         let mut out = Vec::new();
         for agent in released {
             out.extend(self.detector.release(*agent));
+        }
+        for agent in relearn {
+            out.extend(self.detector.relearn(*agent, now_ms()));
+            self.dirty = true;
         }
         if self.last_tick.elapsed() < TICK {
             return out;

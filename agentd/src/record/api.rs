@@ -97,6 +97,33 @@ impl Records {
         Record { kind, obj }
     }
 
+    /// `detector.relearn`: an operator sent an agent's baseline back to learning (the profile's
+    /// own change follows as a `detector.profile` record).
+    pub fn relearn(&self, registry: &Registry, agent: u32, by: &Requester<'_>) -> Record {
+        let mut obj = self.base(
+            "detector.relearn",
+            &API_ACTIVITY,
+            3,
+            "Update",
+            BootClock::wall_now_ns(),
+        );
+        Self::severity(&mut obj, 3);
+        Self::agent_as(
+            &mut obj,
+            registry,
+            AgentRef {
+                agent_id: agent,
+                selector_id: 0,
+            },
+            "api",
+        );
+        by.write(&mut obj);
+        Record {
+            kind: "detector.relearn",
+            obj,
+        }
+    }
+
     /// `policy.reload`: a reload was asked for and done (the changes it made follow as
     /// `policy.change` records; a refused reload is a `policy.refused` record instead).
     pub fn policy_reload(&self, by: &Requester<'_>, changes: usize) -> Record {
