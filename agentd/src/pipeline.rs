@@ -888,13 +888,9 @@ impl Core {
         ) {
             self.procs_dirty = true;
         }
-        let actor_exe = match &self.detect {
-            Some(_) if event.header().agent.agent_id != 0 => self
-                .procs
-                .get(event.header().tgid)
-                .and_then(|p| p.exe.clone()),
-            _ => None,
-        };
+        // What an exec replaced (the table is updated below); other events' executables are
+        // read from the table afterwards, without a copy.
+        let mut replaced_exe = None;
         let registry = self.identity.registry();
         let record = match &event {
             SensorEvent::Exec(ev) => {
@@ -920,6 +916,7 @@ impl Core {
                     cmdline: Some(argv),
                     binding: binding_of(&ev.hdr),
                 });
+                replaced_exe = previous.and_then(|p| p.exe);
                 record
             }
             SensorEvent::Fork(ev) => {
@@ -947,7 +944,14 @@ impl Core {
         };
         let seq = self.emit(record);
         if let Some(engine) = &mut self.detect {
-            let outputs = engine.observe(&event, seq, actor_exe.as_deref());
+            let actor_exe = match &event {
+                SensorEvent::Exec(_) => replaced_exe.as_deref(),
+                _ => self
+                    .procs
+                    .get(event.header().tgid)
+                    .and_then(|p| p.exe.as_deref()),
+            };
+            let outputs = engine.observe(&event, seq, actor_exe);
             if !outputs.is_empty() {
                 self.detected(outputs);
             }
