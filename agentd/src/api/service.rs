@@ -208,12 +208,7 @@ impl Service {
         let request = request.into_inner();
         let reason = check_reason(&request.reason)?;
         let agent = self.agent_id(&request.agent)?;
-        let by = Requester {
-            caller: &caller.name,
-            role: caller.role.as_str(),
-            transport: caller.transport,
-            reason,
-        };
+        let by = requester(&caller, reason);
         let changed = self
             .egress
             .lock()
@@ -247,6 +242,16 @@ impl Service {
             changed,
             containment: Some(containment),
         }))
+    }
+}
+
+/// How records name an authorised caller and the reason it gave.
+fn requester<'a>(caller: &'a Caller, reason: &'a str) -> Requester<'a> {
+    Requester {
+        caller: &caller.name,
+        role: caller.role.as_str(),
+        transport: caller.transport,
+        reason,
     }
 }
 
@@ -456,12 +461,7 @@ impl Custos for Service {
         let request = request.into_inner();
         let reason = check_reason(&request.reason)?;
         let agent = self.agent_id(&request.agent)?;
-        let by = Requester {
-            caller: &caller.name,
-            role: caller.role.as_str(),
-            transport: caller.transport,
-            reason,
-        };
+        let by = requester(&caller, reason);
         tracing::warn!(agent = %request.agent, caller = %caller.name, reason, "baseline sent back to learning");
         self.control
             .send(self.records.relearn(&self.registry, agent, &by));
@@ -477,16 +477,10 @@ impl Custos for Service {
         let caller = self.authorize(&request, "ReloadPolicy", Role::Operator)?;
         let reason = check_reason(&request.get_ref().reason)?.to_owned();
         let reloader = Arc::clone(&self.reloader);
-        let outcome = tokio::task::spawn_blocking(move || {
-            reloader.reload(&Requester {
-                caller: &caller.name,
-                role: caller.role.as_str(),
-                transport: caller.transport,
-                reason: &reason,
-            })
-        })
-        .await
-        .map_err(blocking_error)?;
+        let outcome =
+            tokio::task::spawn_blocking(move || reloader.reload(&requester(&caller, &reason)))
+                .await
+                .map_err(blocking_error)?;
         Ok(Response::new(match outcome {
             Ok(changes) => proto::ReloadPolicyResponse {
                 applied: true,
