@@ -109,39 +109,20 @@ impl Actuator {
         members: &[Member],
         owner: impl Fn(u32) -> Option<u32>,
     ) -> Result<String, String> {
-        let (whole, loose) = self.split(agent, members, &owner);
-        let mut frozen = Vec::new();
-        let mut stopped = Vec::new();
-        let mut errors = Vec::new();
-        for dir in whole {
-            match std::fs::write(dir.join("cgroup.freeze"), "1") {
-                Ok(()) => frozen.push(dir),
-                Err(err) => errors.push(format!("{}: {err}", dir.display())),
-            }
-        }
-        for m in loose {
-            match nix::sys::signal::kill(Pid::from_raw(m.pid as i32), Signal::SIGSTOP) {
-                Ok(()) => stopped.push(m),
-                Err(err) => errors.push(format!("pid {}: {err}", m.pid)),
-            }
-        }
+        let done = self.apply(agent, members, &owner, "cgroup.freeze", Signal::SIGSTOP);
         let detail = format!(
             "{} cgroup(s) frozen, {} process(es) stopped",
-            frozen.len(),
-            stopped.len()
+            done.cgroups.len(),
+            done.processes.len()
         );
         {
             let mut held = self.held();
             let h = held.entry(agent).or_default();
             h.incident = incident;
-            h.frozen.extend(frozen);
-            h.stopped.extend(stopped);
+            h.frozen.extend(done.cgroups);
+            h.stopped.extend(done.processes);
         }
-        if errors.is_empty() {
-            Ok(detail)
-        } else {
-            Err(format!("{detail}; failed: {}", errors.join("; ")))
-        }
+        outcome(detail, &done.errors)
     }
 
     /// Kills `agent`'s processes.
@@ -152,28 +133,41 @@ impl Actuator {
         members: &[Member],
         owner: impl Fn(u32) -> Option<u32>,
     ) -> Result<String, String> {
-        let (whole, loose) = self.split(agent, members, &owner);
-        let (mut cgroups_killed, mut killed) = (0, 0);
-        let mut errors = Vec::new();
+        let done = self.apply(agent, members, &owner, "cgroup.kill", Signal::SIGKILL);
+        self.held().entry(agent).or_default().incident = incident;
+        let detail = format!(
+            "{} cgroup(s) killed, {} process(es) killed",
+            done.cgroups.len(),
+            done.processes.len()
+        );
+        outcome(detail, &done.errors)
+    }
+
+    /// Writes `1` to `knob` of the cgroups holding only `agent`'s processes, and sends `signal`
+    /// to its processes elsewhere.
+    fn apply(
+        &self,
+        agent: u32,
+        members: &[Member],
+        owner: &impl Fn(u32) -> Option<u32>,
+        knob: &str,
+        signal: Signal,
+    ) -> Applied {
+        let (whole, loose) = self.split(agent, members, owner);
+        let mut done = Applied::default();
         for dir in whole {
-            match std::fs::write(dir.join("cgroup.kill"), "1") {
-                Ok(()) => cgroups_killed += 1,
-                Err(err) => errors.push(format!("{}: {err}", dir.display())),
+            match std::fs::write(dir.join(knob), "1") {
+                Ok(()) => done.cgroups.push(dir),
+                Err(err) => done.errors.push(format!("{}: {err}", dir.display())),
             }
         }
         for m in loose {
-            match nix::sys::signal::kill(Pid::from_raw(m.pid as i32), Signal::SIGKILL) {
-                Ok(()) => killed += 1,
-                Err(err) => errors.push(format!("pid {}: {err}", m.pid)),
+            match nix::sys::signal::kill(Pid::from_raw(m.pid as i32), signal) {
+                Ok(()) => done.processes.push(m),
+                Err(err) => done.errors.push(format!("pid {}: {err}", m.pid)),
             }
         }
-        self.held().entry(agent).or_default().incident = incident;
-        let detail = format!("{cgroups_killed} cgroup(s) killed, {killed} process(es) killed");
-        if errors.is_empty() {
-            Ok(detail)
-        } else {
-            Err(format!("{detail}; failed: {}", errors.join("; ")))
-        }
+        done
     }
 
     /// Undoes freezing (an operator's release; the quarantine flag is lifted by the caller,
@@ -250,6 +244,23 @@ impl Actuator {
             }
         }
         (whole.into_iter().collect(), loose)
+    }
+}
+
+/// What [`Actuator::apply`] reached, and what it could not.
+#[derive(Default)]
+struct Applied {
+    cgroups: Vec<PathBuf>,
+    processes: Vec<Member>,
+    errors: Vec<String>,
+}
+
+/// `Ok(detail)`, or the detail and what failed.
+fn outcome(detail: String, errors: &[String]) -> Result<String, String> {
+    if errors.is_empty() {
+        Ok(detail)
+    } else {
+        Err(format!("{detail}; failed: {}", errors.join("; ")))
     }
 }
 
