@@ -285,7 +285,7 @@ fn only_agent(dir: &Path, agent: u32, owner: &impl Fn(u32) -> Option<u32>) -> bo
 
 /// Whether `m.pid` still names the process that started at `m.start_ns` (`/proc` gives the
 /// start time in clock ticks, so they agree to a tick).
-fn process_start_matches(m: Member) -> bool {
+pub fn process_start_matches(m: Member) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", m.pid)) else {
         return false;
     };

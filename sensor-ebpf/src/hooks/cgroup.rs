@@ -18,7 +18,7 @@ use sensor_common::{
 
 use crate::{
     binding::{Subject, bound},
-    emit::{count_loss, fill_header},
+    emit::{count_loss, fill_header, submit_flags},
     maps::{CGROUP_PENDING, EVENTS},
 };
 
@@ -98,6 +98,6 @@ fn try_cgroup(ctx: &TracePointContext, kind: EventKind) -> Result<(), i32> {
         Ok(bytes) => bytes.len() as u32,
         Err(_) => 0,
     };
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }

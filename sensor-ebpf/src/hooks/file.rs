@@ -23,7 +23,7 @@ use sensor_common::{
 
 use crate::{
     binding::{reported, subject},
-    emit::{count_loss, fill_header},
+    emit::{count_loss, fill_header, submit_flags},
     maps::{EVENTS, FILE_PENDING, FILE_SCRATCH},
 };
 
@@ -229,6 +229,6 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, args: *const FileArgs) -> Result
         ev.args.path_len = 0;
         ev.args.path2_len = 0;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }

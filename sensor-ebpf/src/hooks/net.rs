@@ -24,7 +24,7 @@ use sensor_common::{
 use crate::{
     binding::{Subject, bound, reported, subject},
     egress::{Decision, decide},
-    emit::{count_loss, fill_header},
+    emit::{count_loss, fill_header, submit_flags},
     maps::{AGENT_POLICY, DNS_ORIGINAL, EVENTS, NET_PENDING},
     read::{ReadError, kptr, kread, off},
 };
@@ -319,7 +319,7 @@ fn emit(
     ev.rule_id = decision.rule_id;
     ev.redirected = (decision.resolver_port != 0) as u32;
     ev.policy_version = decision.version;
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// No decision (listen, accept).

@@ -21,7 +21,7 @@ use sensor_common::{
 
 use crate::{
     binding::{CgroupMatch, Subject, bound, config, match_cgroup, process_start, subject},
-    emit::{count_loss, fill_header},
+    emit::{count_loss, fill_header, submit_flags},
     maps::{EVENTS, EXE_AGENTS, FILE_PENDING, GID_AGENTS, NET_PENDING, PROC_BINDINGS, UID_AGENTS},
     read::{ReadError, kptr, kread, off},
 };
@@ -219,7 +219,7 @@ fn try_proc_exec(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         }
     }
     ev.flags = exec_flags;
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }
 
@@ -280,7 +280,7 @@ fn try_proc_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     ev.child_tgid = child_tgid;
     ev._pad = 0;
     ev.child_start_ns = child_start_ns;
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }
 
@@ -321,6 +321,6 @@ fn try_proc_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     fill_header(&mut ev.hdr, EventKind::Exit, &subject);
     ev.exit_code = exit_code;
     ev._pad = 0;
-    entry.submit(0);
+    entry.submit(submit_flags());
     Ok(())
 }
