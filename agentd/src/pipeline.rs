@@ -2,10 +2,11 @@
 //! agent, keeps the identity maps current, and appends every record to the signed log, which
 //! then feeds the exporters.
 //!
-//! It owns everything on the hot path, so nothing there takes a lock. It wakes every [`WAKE`]
-//! to drain the ring buffer (the programs wake it earlier only when the ring fills up, see
-//! `sensor-ebpf/src/emit.rs`), when a resolver or policy record or a watched executable change
-//! arrives, and every [`TICK`] polls the loss counters, signs checkpoints and writes heartbeats.
+//! It owns everything on the hot path, so nothing there takes a lock. While records flow it
+//! drains the ring buffer every [`WAKE`] (the programs wake it sooner only when the ring fills
+//! up, see `sensor-ebpf/src/emit.rs`); after a quiet spell it sleeps until the next record, a
+//! resolver or policy record or a watched executable's change wakes it; and every [`TICK`] it
+//! polls the loss counters, signs checkpoints and writes heartbeats.
 
 use std::{
     os::fd::AsFd,
@@ -16,7 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use sensor_common::{
     event::HDR_UNATTRIBUTED,
@@ -54,10 +55,14 @@ use crate::{
 /// How often the loss counters are polled and checkpoints considered, at most.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// How often the ring buffer is drained when the programs do not wake agentd (they do only
-/// when it is an eighth full): the most a record waits in the ring. Idle, this is 200 cheap
-/// wake-ups a second; under load it replaces a wake-up per record.
+/// How often the ring buffer is drained while records flow (the programs then wake agentd only
+/// when the ring is an eighth full): the most a record waits in the ring. It replaces a
+/// wake-up per record.
 pub const WAKE: Duration = Duration::from_millis(5);
+
+/// After this many polls in a row found the ring empty (100 ms), agentd sleeps until a record
+/// wakes it, so an idle agentd does not poll.
+const QUIET_POLLS: u32 = 20;
 /// Records handled between commits.
 const DRAIN_BATCH: usize = 4096;
 /// How often retention looks for segments to delete.
@@ -125,6 +130,8 @@ struct Core {
 /// The running pipeline.
 pub struct Pipeline {
     ring: RingBuf<MapData>,
+    /// The "asleep" flag the programs read (see [`Pipeline::wait`]).
+    reader: Array<MapData, u32>,
     core: Core,
 }
 
@@ -297,6 +304,7 @@ impl Pipeline {
         );
         Ok(Self {
             ring: output.events,
+            reader: output.reader,
             core,
         })
     }
@@ -305,10 +313,19 @@ impl Pipeline {
     /// a final checkpoint.
     pub fn run(mut self, shutdown: &AtomicBool) -> Result<Stats, PipelineError> {
         let mut last_tick = Instant::now();
+        // Consecutive wake-ups that found the ring empty.
+        let mut quiet = 0u32;
+        // A flag left set by a stopped agentd would have every record wake this one.
+        self.set_asleep(false);
         loop {
             let stopping = shutdown.load(Ordering::Relaxed);
-            self.wait()?;
-            self.drain()?;
+            self.wait(quiet >= QUIET_POLLS)?;
+            let handled = self.drain()?;
+            quiet = if handled == 0 {
+                quiet.saturating_add(1)
+            } else {
+                0
+            };
             self.core.take_control();
             self.core.commit()?;
             // Checked on every wake-up, not only per tick, so records wait at most the interval.
@@ -352,8 +369,16 @@ impl Pipeline {
         Ok(self.core.stats)
     }
 
-    /// Waits up to [`WAKE`] for the ring buffer, a control record or the executable watch.
-    fn wait(&mut self) -> Result<(), PipelineError> {
+    /// Waits for the ring buffer, a control record or the executable watch: up to [`WAKE`]
+    /// while records flow (the programs do not wake agentd for each one), up to [`TICK`] when
+    /// `asleep`, with the programs told to wake it on the next record.
+    ///
+    /// No record can slip between the flag and the sleep: one submitted before the programs
+    /// see the flag is already in the ring, and `poll` returns at once for a non-empty ring.
+    fn wait(&mut self, asleep: bool) -> Result<(), PipelineError> {
+        if asleep {
+            self.set_asleep(true);
+        }
         let mut fds = vec![
             PollFd::new(self.ring.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.core.control.fd(), PollFlags::POLLIN),
@@ -361,12 +386,26 @@ impl Pipeline {
         if let Some(fd) = self.core.watcher.fd() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        match poll(
+        let limit = if asleep { TICK } else { WAKE };
+        let polled = poll(
             &mut fds,
-            PollTimeout::try_from(WAKE).unwrap_or(PollTimeout::NONE),
-        ) {
+            PollTimeout::try_from(limit).unwrap_or(PollTimeout::NONE),
+        );
+        drop(fds);
+        if asleep {
+            self.set_asleep(false);
+        }
+        match polled {
             Ok(_) | Err(nix::Error::EINTR) => Ok(()),
             Err(err) => Err(PipelineError::Poll(err)),
+        }
+    }
+
+    /// Sets the programs' "asleep" flag. A failure costs latency (records then wait for the
+    /// next poll, at most [`TICK`]), never records, so it is logged and the pipeline goes on.
+    fn set_asleep(&mut self, asleep: bool) {
+        if let Err(err) = self.reader.set(0, u32::from(asleep), 0) {
+            tracing::warn!(%err, "cannot update the ring buffer's wake-up flag");
         }
     }
 

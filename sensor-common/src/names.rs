@@ -7,6 +7,9 @@
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU loss counters, indexed by `loss::LOSS_*`.
 pub const LOSS: &str = "LOSS";
+/// One-entry array: non-zero while agentd sleeps longer than its short poll, so the programs
+/// wake it on every record (see `sensor-ebpf/src/emit.rs`).
+pub const READER: &str = "READER";
 /// One-entry array holding the [`crate::config::SensorConfig`].
 pub const CONFIG: &str = "CONFIG";
 /// tgid → [`crate::identity::Binding`].

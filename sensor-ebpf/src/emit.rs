@@ -11,20 +11,24 @@ use sensor_common::event::EventHeader;
 
 use crate::{
     binding::Subject,
-    maps::{EVENTS, LOSS},
+    maps::{EVENTS, LOSS, READER},
 };
 
-/// The flags every record is submitted with: agentd is woken only once the ring is an eighth
-/// full.
+/// The flags every record is submitted with: agentd is woken when it is asleep ([`READER`]
+/// set) or the ring is an eighth full, and otherwise left to find the record at its next poll.
 ///
 /// The kernel's default wakes the reader whenever it has caught up, which for a reader as quick
 /// as agentd means on almost every record, and each wake-up is an interrupt raised on this CPU
 /// (in a virtual machine, a trap to the hypervisor) charged to the traced process: measured
-/// with `cargo xtask bench overhead`, about a tenth of a short process's time. agentd polls the
-/// ring every few milliseconds anyway (`pipeline::WAKE`), so a quiet ring costs latency, not
-/// records; a filling one still wakes it at once.
+/// with `cargo xtask bench overhead`, about a tenth of a short process's time. While records
+/// flow, agentd polls the ring every few milliseconds (`pipeline::WAKE`); once it has found the
+/// ring empty for a while it sets [`READER`] and sleeps until a record wakes it, so an idle
+/// agentd costs nothing and the first record after a lull is not delayed.
 #[inline(always)]
 pub fn submit_flags() -> u64 {
+    if READER.get(0).is_some_and(|asleep| *asleep != 0) {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
     if pending >= size / 8 {

@@ -31,6 +31,10 @@ pub static EVENTS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::pinned(LOSS_SLOTS, 0);
 
+/// Non-zero while agentd sleeps for longer than its short poll: records then wake it.
+#[map]
+pub static READER: Array<u32> = Array::pinned(1, 0);
+
 /// The sensor's run-time settings (one entry).
 #[map]
 pub static CONFIG: Array<SensorConfig> = Array::pinned(1, 0);

@@ -353,6 +353,8 @@ pub struct SensorOutput {
     pub events: RingBuf<MapData>,
     /// Per-CPU loss counters.
     pub loss: PerCpuArray<MapData, u64>,
+    /// The pipeline's "asleep" flag, read by the programs.
+    pub reader: Array<MapData, u32>,
 }
 
 impl fmt::Debug for Sensor {
@@ -650,6 +652,7 @@ impl Sensor {
         Ok(SensorOutput {
             events: self.take(names::EVENTS)?,
             loss: self.take(names::LOSS)?,
+            reader: self.take(names::READER)?,
         })
     }
 }
@@ -672,6 +675,7 @@ mod tests {
         for name in [
             names::EVENTS,
             names::LOSS,
+            names::READER,
             names::CONFIG,
             names::PROC_BINDINGS,
             names::CGROUP_AGENTS,
