@@ -4,8 +4,13 @@
 //!
 //! - `log`: the signed log alone: append + hash throughput on one core (300-byte records),
 //!   commit-to-signed-checkpoint latency at 50,000 records/s, bytes stored per record.
-//! - `sensor`: the real agentd under a file-open workload at rising rates: records written to
-//!   the log per second, losses, agentd's CPU, and its memory idle and under load.
+//! - `overhead`: a mixed workload (processes that exec, open files and connect) bare, under
+//!   agentd, under auditd and under bpftrace: wall time and CPU, ratios to bare
+//!   (`bench_overhead.rs`).
+//! - `execs`: agentd and auditd record the same workload at once; their exec sets must agree.
+//! - `sensor`: the real agentd under a file-open workload at rising rates: the highest rate it
+//!   records with zero loss, its losses at 2x and 5x that rate, auditd's at the same rates,
+//!   agentd's CPU and its memory idle and under load (`bench_sensor.rs`).
 //! - `egress`: the time of `connect()` (TCP and UDP, loopback) for an enforced agent, an agent
 //!   without a policy, a process outside every agent, and with no agentd at all; the time of a
 //!   DNS answer through agentd's resolver against asking the upstream (dnsmasq) directly.
@@ -15,28 +20,32 @@
 //! - `detector`: the detector's cost per event and per window, fitting time and memory per
 //!   agent identity (`detector/examples/bench.rs`), also as ratios to SHA-256 of a 300-byte
 //!   record (the signed log's work per record) measured in the same run.
+//!
+//! auditd and bpftrace come from Debian's packages, installed by [`setup::bench_tools`] (not by
+//! the test set-up: the tests do not need them). A summary compares the run with the goals.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, path::Path, process::Command, thread};
 
 use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
 
 use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// What to measure: `log`, `sensor`, `egress`, `api`, `detector`, or `all`.
+    /// What to measure: `log`, `detector`, `overhead`, `execs`, `sensor`, `api`, `egress`, or
+    /// `all`.
     #[arg(default_value = "all")]
     what: String,
     /// Seconds per sensor load step.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds of the overhead comparison (each runs every variant once).
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
+    /// Processes per run of the mixed workload (overhead, execs).
+    #[arg(long, default_value_t = 1000)]
+    children: u32,
 }
 
 /// A line of the machine description.
@@ -55,7 +64,31 @@ fn machine() -> String {
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
+    const ALL: &[&str] = &[
+        "log", "detector", "overhead", "execs", "sensor", "api", "egress",
+    ];
+    let what: Vec<&str> = match options.what.as_str() {
+        "all" => ALL.to_vec(),
+        one if ALL.contains(&one) => vec![one],
+        other => bail!(
+            "unknown benchmark {other:?}: one of {}, or all",
+            ALL.join(", ")
+        ),
+    };
+    let privileged = what.iter().any(|w| !matches!(*w, "log" | "detector"));
+    if privileged && !util::is_root() {
+        bail!(
+            "the {} benchmarks load eBPF programs and audit rules: run them as root",
+            what.join(", ")
+        );
+    }
     setup::run()?;
+    if what
+        .iter()
+        .any(|w| matches!(*w, "overhead" | "execs" | "sensor"))
+    {
+        setup::bench_tools()?;
+    }
     let root = util::workspace_root();
     util::run(util::cargo().current_dir(&root).args([
         "build",
@@ -72,49 +105,177 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "custos-tests",
         "--bins",
     ]))?;
-    let mut results = Vec::new();
-    if matches!(options.what.as_str(), "log" | "all") {
-        results.push(("log".to_owned(), bench_log(&root)?));
+    let mut results = serde_json::Map::new();
+    for name in what {
+        let result = match name {
+            "log" => parse(&bench_log(&root)?)?,
+            "detector" => parse(&bench_detector(&root)?)?,
+            "overhead" => crate::bench_overhead::overhead(&root, options.rounds, options.children)?,
+            "execs" => crate::bench_overhead::execs(&root, options.children)?,
+            "sensor" => crate::bench_sensor::run(&root, options.seconds)?,
+            "api" => parse(&crate::bench_api::run(&root)?)?,
+            "egress" => parse(&crate::bench_egress::run(&root)?)?,
+            _ => unreachable!("checked above"),
+        };
+        results.insert(name.to_owned(), result);
     }
-    if matches!(options.what.as_str(), "detector" | "all") {
-        results.push(("detector".to_owned(), bench_detector(&root)?));
-    }
-    if matches!(options.what.as_str(), "sensor" | "all") {
-        if !util::is_root() {
-            bail!("the sensor benchmark loads eBPF programs: run it as root");
-        }
-        results.push(("sensor".to_owned(), bench_sensor(&root, options.seconds)?));
-    }
-    if matches!(options.what.as_str(), "api" | "all") {
-        if !util::is_root() {
-            bail!("the API benchmark loads eBPF programs: run it as root");
-        }
-        results.push(("api".to_owned(), crate::bench_api::run(&root)?));
-    }
-    if matches!(options.what.as_str(), "egress" | "all") {
-        if !util::is_root() {
-            bail!("the egress benchmark loads eBPF programs: run it as root");
-        }
-        results.push(("egress".to_owned(), crate::bench_egress::run(&root)?));
-    }
+    summary(&results);
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
-    let json = format!(
-        "{{\"machine\":{:?},\"results\":{{{}}}}}\n",
-        machine(),
-        results
-            .iter()
-            .map(|(k, v)| format!("{k:?}:{v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    fs::write(out.join("results.json"), &json)?;
+    let json = json!({
+        "machine": machine(),
+        "date_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "commit": util::output(Command::new("git").current_dir(&root).args(["rev-parse", "--short", "HEAD"])),
+        "results": results,
+    });
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!(
         "\nmachine: {}\nresults: {}",
         machine(),
         out.join("results.json").display()
     );
     Ok(())
+}
+
+fn parse(json: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(json).with_context(|| format!("a benchmark printed bad JSON: {json}"))
+}
+
+/// The goals of the benchmark issue, against what this run measured.
+fn summary(results: &serde_json::Map<String, Value>) {
+    let mut rows: Vec<(String, String, String, Option<bool>)> = Vec::new();
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    if let Some(o) = results.get("overhead") {
+        let v = &o["variants"];
+        let ours = f(&v["agentd"]["wall_ratio"]);
+        let audit = f(&v["auditd"]["wall_ratio"]);
+        rows.push((
+            "overhead, mixed workload: wall time ratio to bare".into(),
+            format!(
+                "agentd {ours:.3}, auditd {audit:.3}, bpftrace {:.3}",
+                f(&v["bpftrace"]["wall_ratio"])
+            ),
+            "agentd < 1.05 and < auditd".into(),
+            Some(ours < 1.05 && ours < audit),
+        ));
+        let ours = f(&v["agentd"]["cpu_ratio"]);
+        let audit = f(&v["auditd"]["cpu_ratio"]);
+        rows.push((
+            "overhead, mixed workload: machine CPU ratio to bare".into(),
+            format!(
+                "agentd {ours:.3}, auditd {audit:.3}, bpftrace {:.3}",
+                f(&v["bpftrace"]["cpu_ratio"])
+            ),
+            "agentd < 1.05 and < auditd".into(),
+            Some(ours < 1.05 && ours < audit),
+        ));
+    }
+    if let Some(e) = results.get("execs") {
+        rows.push((
+            "execs recorded: agentd vs auditd".into(),
+            format!(
+                "{} vs {}, {} only in agentd, {} only in auditd",
+                e["agentd"], e["auditd"], e["agentd_only"], e["auditd_only"]
+            ),
+            "equal sets".into(),
+            Some(e["equal"] == true),
+        ));
+    }
+    if let Some(s) = results.get("sensor") {
+        let max = s["zero_loss_max_per_second"].as_u64().unwrap_or(0);
+        rows.push((
+            "highest rate recorded with zero loss, opens/s".into(),
+            max.to_string(),
+            ">= 50,000".into(),
+            Some(max >= 50_000),
+        ));
+        let at = |rate: u64| {
+            s["compared"]
+                .as_array()
+                .and_then(|c| c.iter().find(|r| r["rate"] == rate))
+        };
+        if let Some(goal) = at(50_000) {
+            let lost = |t: &Value| {
+                let missing = t["offered"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(t["recorded"].as_u64().unwrap_or(0));
+                missing.max(t["lost"].as_u64().unwrap_or(0))
+            };
+            rows.push((
+                "loss at 50,000 opens/s: agentd / auditd".into(),
+                format!("{} / {}", lost(&goal["agentd"]), lost(&goal["auditd"])),
+                "agentd 0".into(),
+                Some(lost(&goal["agentd"]) == 0),
+            ));
+            let idle = goal["agentd"]["rss_idle_kb"].as_u64().unwrap_or(0) as f64 / 1024.0;
+            let ring = goal["agentd"]["ring_kb"].as_u64().unwrap_or(0) as f64 / 1024.0;
+            rows.push((
+                "agentd RSS idle (of which the ring buffer) / under 50,000 opens/s, MiB".into(),
+                format!(
+                    "{idle:.1} ({ring:.1}) / {:.1}",
+                    goal["agentd"]["rss_load_kb"].as_u64().unwrap_or(0) as f64 / 1024.0
+                ),
+                "idle < 30".into(),
+                Some(idle < 30.0),
+            ));
+        }
+    }
+    if let Some(e) = results.get("egress") {
+        rows.push((
+            "connect() added by enforcement (TCP / UDP), µs".into(),
+            format!(
+                "{:.2} / {:.2}",
+                f(&e["enforced_added_ns"]["tcp"]) / 1000.0,
+                f(&e["enforced_added_ns"]["udp"]) / 1000.0
+            ),
+            "< 10".into(),
+            None,
+        ));
+        rows.push((
+            "DNS answer added by agentd's resolver, µs".into(),
+            format!(
+                "{:.1}",
+                (f(&e["dns_median_ns"]["via_agentd"]) - f(&e["dns_median_ns"]["direct"])) / 1000.0
+            ),
+            "< 1000".into(),
+            None,
+        ));
+    }
+    if let Some(live) = results
+        .get("api")
+        .and_then(|a| a["runs"].as_array())
+        .and_then(|r| r.first())
+    {
+        rows.push((
+            "syscall to subscriber latency, p50 / p99 µs (2,000 opens/s, 1 subscriber)".into(),
+            format!(
+                "{} / {}",
+                live["result"]["latency_p50_us"], live["result"]["latency_p99_us"]
+            ),
+            "".into(),
+            None,
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n== summary ==");
+    println!("| measure | this run | goal | met |");
+    println!("|---|---|---|---|");
+    for (measure, value, goal, met) in rows {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "",
+        };
+        println!("| {measure} | {value} | {goal} | {met} |");
+    }
 }
 
 fn bench_detector(root: &Path) -> anyhow::Result<String> {
@@ -218,233 +379,4 @@ fn bench_log(root: &Path) -> anyhow::Result<String> {
         field("stored_bytes_per_record")
     );
     Ok(json)
-}
-
-/// agentd's CPU time (user + system) in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-}
-
-/// A status field of /proc/PID/status, in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-pub(crate) fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup v2 mount")
-}
-
-/// A running agentd for a benchmark, in a scratch directory.
-pub(crate) struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    pins: PathBuf,
-}
-
-/// A benchmark that fails half-way must not leave agentd running (its pins are removed too).
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let _ = self.child.wait();
-            let _ = fs::remove_dir_all(&self.pins);
-        }
-    }
-}
-
-impl Daemon {
-    pub(crate) fn start(root: &Path, name: &str) -> anyhow::Result<Self> {
-        Self::start_with(
-            root,
-            name,
-            "[[agent]]\nname = \"bench\"\nselectors = [{ cgroup = \"custos-bench.slice/*.scope\" }]\n",
-        )
-    }
-
-    /// Starts agentd with `agents` (TOML: `[dns]` and `[[agent]]` tables) and its files, pins and
-    /// state private to the benchmark.
-    pub(crate) fn start_with(root: &Path, name: &str, agents: &str) -> anyhow::Result<Self> {
-        Self::start_full(root, name, agents, false)
-    }
-
-    /// Like [`Daemon::start_with`]; with `export`, records are also written to
-    /// [`Daemon::events`].
-    pub(crate) fn start_full(
-        root: &Path,
-        name: &str,
-        agents: &str,
-        export: bool,
-    ) -> anyhow::Result<Self> {
-        let dir = root.join("target/bench").join(name);
-        let pins = PathBuf::from(format!("/sys/fs/bpf/custos-bench-{name}"));
-        let _ = fs::remove_dir_all(&dir);
-        let _ = fs::remove_dir_all(&pins);
-        fs::create_dir_all(&dir)?;
-        let config = dir.join("agentd.toml");
-        fs::write(
-            &config,
-            format!(
-                "[output]\nevents = \"{2}\"\n[log]\ndir = \"{0}/log\"\nkey = \"{0}/keys/log.key\"\n\
-                 [sensor]\npin_dir = \"{1}\"\nstate_dir = \"{0}/state\"\n\
-                 [api]\nsocket = \"{0}/agentd.sock\"\n{agents}",
-                dir.display(),
-                pins.display(),
-                if export {
-                    dir.join("events.jsonl").display().to_string()
-                } else {
-                    String::new()
-                }
-            ),
-        )?;
-        let mut child = Command::new(root.join("target/release/agentd"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting agentd")?;
-        let stderr = child.stderr.take().context("agentd stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("agentd ready") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("agentd did not start"),
-            }
-            if Instant::now() > deadline {
-                bail!("agentd did not start within a minute");
-            }
-        }
-        // Keep draining its messages so it never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Ok(Self { child, dir, pins })
-    }
-
-    /// The records' JSON-lines export (with `export`).
-    pub(crate) fn events(&self) -> PathBuf {
-        self.dir.join("events.jsonl")
-    }
-
-    /// The API socket.
-    pub(crate) fn socket(&self) -> PathBuf {
-        self.dir.join("agentd.sock")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops agentd; returns (file.open records, lost file records) from its log.
-    pub(crate) fn stop(mut self) -> anyhow::Result<(u64, u64)> {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait()?;
-        // agentd leaves its programs attached (fail closed); the benchmark takes them away.
-        let _ = fs::remove_dir_all(&self.pins);
-        let (mut opens, mut lost) = (0, 0);
-        for entry in fs::read_dir(self.dir.join("log"))?.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "seg") {
-                let bytes = fs::read(entry.path())?;
-                let text = String::from_utf8_lossy(&bytes);
-                opens += text.matches("\"kind\":\"file.open\"").count() as u64;
-                for part in text.split("\"loss\":{\"count\":").skip(1) {
-                    let count: u64 = part.split(',').next().unwrap_or("0").parse().unwrap_or(0);
-                    if part.contains("\"what\":\"file\"") {
-                        lost += count;
-                    }
-                }
-            }
-        }
-        Ok((opens, lost))
-    }
-}
-
-fn bench_sensor(root: &Path, seconds: u64) -> anyhow::Result<String> {
-    println!(
-        "\n== sensor: file opens by one agent process, kernel -> signed log ({seconds} s per step) =="
-    );
-    let cgroup = cgroup2_root()?.join("custos-bench.slice/load.scope");
-    fs::create_dir_all(&cgroup)?;
-    let workload = root.join("target/release/custos-workload");
-    println!(
-        "| offered opens/s | recorded/s | lost | agentd CPU % of one core | RSS idle MiB | RSS under load MiB |"
-    );
-    println!("|---|---|---|---|---|---|");
-    let mut rows = Vec::new();
-    let mut zero_loss_max = 0u64;
-    for rate in [10_000u64, 25_000, 50_000, 100_000, 200_000] {
-        let daemon = Daemon::start(root, "sensor")?;
-        thread::sleep(Duration::from_secs(1));
-        let rss_idle = status_kb(daemon.pid(), "VmRSS:");
-        let cpu0 = cpu_ticks(daemon.pid());
-        let start = Instant::now();
-        let procs = cgroup.join("cgroup.procs");
-        let load = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {} && exec env -u LD_LIBRARY_PATH {} open-rate:{rate}:{seconds}:/etc/hostname",
-                procs.display(),
-                workload.display()
-            ))
-            .stdout(Stdio::piped())
-            .spawn()?;
-        thread::sleep(Duration::from_secs(seconds) / 2);
-        let rss_load = status_kb(daemon.pid(), "VmRSS:");
-        let out = load.wait_with_output()?;
-        let offered: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        thread::sleep(Duration::from_secs(1));
-        let elapsed = start.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(daemon.pid()) - cpu0) as f64 / 100.0 / elapsed * 100.0;
-        let (recorded, lost) = daemon.stop()?;
-        let per_second = recorded as f64 / seconds as f64;
-        if lost == 0 {
-            zero_loss_max = zero_loss_max.max(rate);
-        }
-        println!(
-            "| {rate} | {per_second:.0} | {lost} | {cpu:.0} | {:.1} | {:.1} |",
-            rss_idle as f64 / 1024.0,
-            rss_load as f64 / 1024.0
-        );
-        rows.push(format!(
-            "{{\"offered_per_second\":{rate},\"offered\":{offered},\"recorded\":{recorded},\"lost\":{lost},\"cpu_percent\":{cpu:.1},\"rss_idle_kb\":{rss_idle},\"rss_load_kb\":{rss_load}}}"
-        ));
-    }
-    println!("highest offered rate with zero loss: {zero_loss_max}/s");
-    Ok(format!(
-        "{{\"zero_loss_max_per_second\":{zero_loss_max},\"steps\":[{}]}}",
-        rows.join(",")
-    ))
 }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::bench::{Daemon, cgroup2_root};
+use crate::daemon::{Daemon, cgroup2_root};
 
 /// How long each measurement's workload runs.
 const LOAD_SECONDS: u64 = 4;
@@ -122,7 +122,8 @@ pub fn run(root: &Path) -> anyhow::Result<String> {
             replay.unwrap_or(0)
         ));
     }
-    let (opens, lost) = daemon.stop()?;
+    let tally = daemon.stop()?;
+    let (opens, lost) = (tally.opens, tally.lost_file);
     let _ = fs::remove_dir(&cgroup);
     println!("(agentd recorded {opens} opens; {lost} file records lost in the kernel)");
     Ok(format!(

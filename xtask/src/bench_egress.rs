@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::bench::{Daemon, cgroup2_root};
+use crate::{
+    daemon::{Daemon, cgroup2_root},
+    util::median,
+};
 
 /// Rounds per variant (variants alternate within a round).
 const ROUNDS: usize = 7;
@@ -48,11 +51,6 @@ fn workload(root: &Path, cgroup: Option<&Path>, actions: &[String]) -> anyhow::R
             Ok(median.parse()?)
         })
         .collect()
-}
-
-fn median(mut values: Vec<u64>) -> u64 {
-    values.sort_unstable();
-    values[values.len() / 2]
 }
 
 struct Dnsmasq(Child);
@@ -160,8 +158,9 @@ pub fn run(root: &Path) -> anyhow::Result<String> {
     }
     measured?;
 
-    let figure =
-        |variant: &str, index: usize| median(samples[variant].iter().map(|m| m[index]).collect());
+    let figure = |variant: &str, index: usize| {
+        median(samples[variant].iter().map(|m| m[index]).collect()).unwrap_or(0)
+    };
     let us = |ns: u64| ns as f64 / 1000.0;
     println!("| connect() median, µs | TCP | UDP |");
     println!("|---|---|---|");

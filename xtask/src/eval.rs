@@ -29,8 +29,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
-    bench::{Daemon, cgroup2_root},
-    setup, util,
+    daemon::{Daemon, cgroup2_root},
+    setup,
+    util::{self, median},
 };
 
 #[derive(clap::Args)]
@@ -259,11 +260,6 @@ struct Outcome {
     detected_ms: Option<u64>,
     contained_ms: Option<u64>,
     severity: String,
-}
-
-fn median(values: &mut [u64]) -> Option<u64> {
-    values.sort_unstable();
-    values.get(values.len() / 2).copied()
 }
 
 fn seconds(ms: Option<u64>) -> String {
@@ -515,8 +511,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     for (index, runs) in &by_kind {
         let (_, name) = ATTACKS[*index];
-        let mut ttd: Vec<u64> = runs.iter().filter_map(|o| o.detected_ms).collect();
-        let mut ttc: Vec<u64> = runs.iter().filter_map(|o| o.contained_ms).collect();
+        let ttd: Vec<u64> = runs.iter().filter_map(|o| o.detected_ms).collect();
+        let ttc: Vec<u64> = runs.iter().filter_map(|o| o.contained_ms).collect();
         let worst_d = ttd.iter().max().copied();
         let worst_c = ttc.iter().max().copied();
         let rate = ttd.len() as f64 / runs.len() as f64 * 100.0;
@@ -524,24 +520,24 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "| {name} | {} | {} | {rate:.0}% | {} | {} | {} | {} | {} |",
             runs.len(),
             ttd.len(),
-            seconds(median(&mut ttd)),
+            seconds(median(ttd.clone())),
             seconds(worst_d),
             ttc.len(),
-            seconds(median(&mut ttc)),
+            seconds(median(ttc.clone())),
             seconds(worst_c),
         );
         json_rows.push(serde_json::json!({
             "attack": name, "runs": runs.len(), "detected": ttd.len(),
-            "median_ttd_ms": median(&mut ttd), "worst_ttd_ms": worst_d,
-            "contained": ttc.len(), "median_ttc_ms": median(&mut ttc), "worst_ttc_ms": worst_c,
+            "median_ttd_ms": median(ttd.clone()), "worst_ttd_ms": worst_d,
+            "contained": ttc.len(), "median_ttc_ms": median(ttc.clone()), "worst_ttc_ms": worst_c,
         }));
     }
-    let mut all_ttd: Vec<u64> = outcomes.iter().filter_map(|o| o.detected_ms).collect();
+    let all_ttd: Vec<u64> = outcomes.iter().filter_map(|o| o.detected_ms).collect();
     println!(
         "\nall attacks: {} of {} detected, median time to detect {} s",
         all_ttd.len(),
         outcomes.len(),
-        seconds(median(&mut all_ttd))
+        seconds(median(all_ttd.clone()))
     );
     println!(
         "benign: {:.2} agent-hours of wall-clock activity ({windows} windows of {WINDOW_SECONDS} s): \

@@ -17,11 +17,16 @@
 mod bench;
 mod bench_api;
 mod bench_egress;
+mod bench_overhead;
+mod bench_sensor;
+mod daemon;
 mod eval;
+mod peers;
 mod run;
 mod setup;
 mod test;
 mod util;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -40,7 +45,8 @@ enum Command {
     Run(run::Options),
     /// Run the whole test suite, including the privileged end-to-end tests.
     Test(test::Options),
-    /// Measure: the signed log, the sensor's throughput and memory (see xtask/src/bench.rs).
+    /// Measure: overhead against auditd and bpftrace, throughput and loss, latencies, memory
+    /// (see docs/BENCHMARKS.md).
     Bench(bench::Options),
     /// Evaluate the detector: benign agents and attacks against the real daemon.
     Eval(eval::Options),

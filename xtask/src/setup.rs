@@ -121,12 +121,42 @@ fn bpf_linker() -> anyhow::Result<()> {
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[("dnsmasq", "dnsmasq-base"), ("ip", "iproute2")];
 
 fn system_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+    install_packages(SYSTEM_PACKAGES, "the end-to-end tests")
+}
+
+/// The tools the benchmarks compare agentd with: (program, Debian package).
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("auditd", "auditd"),
+    ("auditctl", "auditd"),
+    ("bpftrace", "bpftrace"),
+];
+
+/// Installs what `cargo xtask bench` compares with (auditd, bpftrace); the tests do not need
+/// them, so [`run`] does not.
+pub fn bench_tools() -> anyhow::Result<()> {
+    install_packages(BENCH_PACKAGES, "the benchmarks")?;
+    let missing: Vec<&str> = BENCH_PACKAGES
+        .iter()
+        .filter(|(program, _)| !installed(program))
+        .map(|(program, _)| *program)
+        .collect();
+    if !missing.is_empty() {
+        bail!("setup: the benchmarks need {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn installed(program: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|dir| Path::new(dir).join(program).exists())
+}
+
+fn install_packages(packages: &[(&str, &str)], who: &str) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .filter(|(program, _)| {
-            let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-                .iter()
-                .any(|dir| Path::new(dir).join(program).exists());
+            let found = installed(program);
             println!(
                 "setup: {program}: {}",
                 if found { "present" } else { "missing" }
@@ -135,12 +165,13 @@ fn system_packages() -> anyhow::Result<()> {
         })
         .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
     if !util::is_root() {
         println!(
-            "setup: the end-to-end tests need {}; install them as root (`apt-get install {}`)",
+            "setup: {who} need {}; install them as root (`apt-get install {}`)",
             missing.join(", "),
             missing.join(" ")
         );

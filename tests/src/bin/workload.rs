@@ -29,6 +29,7 @@
 //! | `pid` | print this process's pid and flush |
 //! | `exec:PATH[:ARG...]` | replace this process with `PATH ARG...` |
 //! | `exec-rest:PATH` | replace this process with `PATH`, passing it the remaining arguments (which may contain `:`) |
+//! | `spawn-rest:N:PATH` | run `PATH` N times, one after another, passing each the remaining arguments (which may contain `:`); the last action |
 //! | `exit:CODE` | exit with `CODE` |
 //!
 //! An action that fails prints why on standard error and the workload carries on: tests assert
@@ -545,6 +546,16 @@ fn main() {
             let err = Command::new(path).args(&args[i + 1..]).exec();
             eprintln!("workload: {action}: {err}");
             std::process::exit(127);
+        }
+        if let Some(rest) = action.strip_prefix("spawn-rest:") {
+            let (n, path) = rest.split_once(':').expect("spawn-rest:N:PATH");
+            let n: u32 = n.parse().expect("count");
+            for _ in 0..n {
+                if let Err(err) = Command::new(path).args(&args[i + 1..]).status() {
+                    eprintln!("workload: {action}: {err}");
+                }
+            }
+            break;
         }
         act(action);
     }
