@@ -165,53 +165,61 @@ pub fn overhead(root: &Path, rounds: usize, children: u32) -> anyhow::Result<Val
     let auditd_lost = Auditd::lost().unwrap_or(0) - auditd_lost_before;
     let _ = fs::remove_dir(&cgroup);
 
-    // Ratios are taken round by round against that round's bare run, then the median.
+    // Ratios are taken round by round against that round's bare run, then the median; the
+    // spread over rounds shows how much of a difference is noise.
     let bare = &samples[&Variant::Bare];
-    let ratio = |variant: Variant, pick: fn(&Sample) -> f64| {
-        median(
-            samples[&variant]
-                .iter()
-                .zip(bare)
-                .map(|(s, b)| pick(s) / pick(b))
-                .collect(),
-        )
-        .unwrap_or(f64::NAN)
+    let ratios = |variant: Variant, pick: fn(&Sample) -> f64| -> Vec<f64> {
+        samples[&variant]
+            .iter()
+            .zip(bare)
+            .map(|(s, b)| pick(s) / pick(b))
+            .collect()
     };
-    let med = |variant: Variant, pick: fn(&Sample) -> f64| {
-        median(samples[&variant].iter().map(pick).collect()).unwrap_or(f64::NAN)
+    let med = |values: Vec<f64>| median(values).unwrap_or(f64::NAN);
+    let range = |values: &[f64]| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
     };
     println!(
-        "| variant | wall s | wall ratio | machine CPU s | CPU ratio | workload CPU s | tool CPU s | records per run | lost |"
+        "| variant | wall s | wall ratio (range over rounds) | machine CPU s | CPU ratio (range) | workload CPU s | tool CPU s | records per run | lost |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut out = serde_json::Map::new();
     for variant in Variant::ALL {
-        let recorded = median(samples[&variant].iter().map(|s| s.recorded).collect()).unwrap_or(0);
-        let lost: u64 = samples[&variant].iter().map(|s| s.lost).sum();
+        let runs = &samples[&variant];
+        let recorded = median(runs.iter().map(|s| s.recorded).collect()).unwrap_or(0);
         let lost = if variant == Variant::Auditd {
             auditd_lost
         } else {
-            lost
+            runs.iter().map(|s| s.lost).sum()
         };
+        let wall_ratios = ratios(variant, |s| s.wall);
+        let cpu_ratios = ratios(variant, |s| s.machine_cpu);
+        let (wall_lo, wall_hi) = range(&wall_ratios);
+        let (cpu_lo, cpu_hi) = range(&cpu_ratios);
         let row = json!({
-            "wall_s": med(variant, |s| s.wall),
-            "wall_ratio": ratio(variant, |s| s.wall),
-            "machine_cpu_s": med(variant, |s| s.machine_cpu),
-            "cpu_ratio": ratio(variant, |s| s.machine_cpu),
-            "workload_cpu_s": med(variant, |s| s.workload_cpu),
-            "tool_cpu_s": med(variant, |s| s.tool_cpu),
+            "wall_s": med(runs.iter().map(|s| s.wall).collect()),
+            "wall_ratio": med(wall_ratios.clone()),
+            "wall_ratios": wall_ratios,
+            "machine_cpu_s": med(runs.iter().map(|s| s.machine_cpu).collect()),
+            "cpu_ratio": med(cpu_ratios.clone()),
+            "cpu_ratios": cpu_ratios,
+            "workload_cpu_s": med(runs.iter().map(|s| s.workload_cpu).collect()),
+            "tool_cpu_s": med(runs.iter().map(|s| s.tool_cpu).collect()),
             "records_per_run": recorded,
             "lost": lost,
         });
+        let f = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {lost} |",
+            "| {} | {:.3} | {:.3} ({wall_lo:.3}-{wall_hi:.3}) | {:.3} | {:.3} ({cpu_lo:.3}-{cpu_hi:.3}) | {:.3} | {:.2} | {} | {lost} |",
             variant.name(),
-            row["wall_s"].as_f64().unwrap_or(f64::NAN),
-            row["wall_ratio"].as_f64().unwrap_or(f64::NAN),
-            row["machine_cpu_s"].as_f64().unwrap_or(f64::NAN),
-            row["cpu_ratio"].as_f64().unwrap_or(f64::NAN),
-            row["workload_cpu_s"].as_f64().unwrap_or(f64::NAN),
-            row["tool_cpu_s"].as_f64().unwrap_or(f64::NAN),
+            f("wall_s"),
+            f("wall_ratio"),
+            f("machine_cpu_s"),
+            f("cpu_ratio"),
+            f("workload_cpu_s"),
+            f("tool_cpu_s"),
             if variant == Variant::Bare {
                 "-".to_owned()
             } else {

@@ -227,3 +227,30 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_kinds_and_losses() {
+        let segment = concat!(
+            r#"{"kind":"process.exec","seq":1}"#,
+            r#"{"kind":"file.open","seq":2}{"kind":"file.open","seq":3}"#,
+            r#"{"kind":"sensor.loss","loss":{"count":5,"total":5,"what":"file"}}"#,
+            r#"{"kind":"sensor.loss","loss":{"count":2,"total":2,"what":"exec"}}"#,
+        );
+        let mut tally = Tally::default();
+        tally.add(segment);
+        assert_eq!(
+            (
+                tally.records,
+                tally.opens,
+                tally.execs,
+                tally.lost,
+                tally.lost_file
+            ),
+            (5, 2, 1, 7, 5)
+        );
+    }
+}

@@ -177,24 +177,45 @@ impl Auditd {
 
     /// The successful execs the log recorded: (pid, executable).
     pub(crate) fn execs(&self) -> anyhow::Result<BTreeSet<(u32, String)>> {
-        let field = |line: &str, name: &str| -> Option<String> {
-            let value = line.split(&format!(" {name}=")).nth(1)?;
-            Some(match value.strip_prefix('"') {
-                Some(quoted) => quoted.split('"').next()?.to_owned(),
-                None => value.split(' ').next()?.to_owned(),
-            })
-        };
         Ok(self
             .syscall_lines()?
             .iter()
-            .filter(|l| {
-                // x86_64: 59 execve, 322 execveat.
-                matches!(field(l, "syscall").as_deref(), Some("59" | "322"))
-                    && field(l, "success").as_deref() == Some("yes")
-            })
-            .filter_map(|l| Some((field(l, "pid")?.parse().ok()?, field(l, "exe")?)))
+            .filter_map(|l| exec_of(l))
             .collect())
     }
+}
+
+/// A field of an audit record line: quoted, or hex-encoded (how auditd writes a value with
+/// spaces or control characters), or a plain word.
+fn audit_field(line: &str, name: &str) -> Option<String> {
+    let value = line.split(&format!(" {name}=")).nth(1)?;
+    if let Some(quoted) = value.strip_prefix('"') {
+        return Some(quoted.split('"').next()?.to_owned());
+    }
+    let word = value.split(' ').next()?;
+    let hex =
+        word.len() % 2 == 0 && !word.is_empty() && word.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex && matches!(name, "exe" | "comm" | "name") {
+        let bytes: Option<Vec<u8>> = (0..word.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&word[i..i + 2], 16).ok())
+            .collect();
+        return Some(String::from_utf8_lossy(&bytes?).into_owned());
+    }
+    Some(word.to_owned())
+}
+
+/// The (pid, executable) of a `SYSCALL` line of a successful `execve` or `execveat`.
+fn exec_of(line: &str) -> Option<(u32, String)> {
+    // x86_64: 59 execve, 322 execveat.
+    let exec = matches!(audit_field(line, "syscall").as_deref(), Some("59" | "322"));
+    if !exec || audit_field(line, "success").as_deref() != Some("yes") {
+        return None;
+    }
+    Some((
+        audit_field(line, "pid")?.parse().ok()?,
+        audit_field(line, "exe")?,
+    ))
 }
 
 /// Rules out, daemon stopped, the audit state as it was (even when a benchmark fails).
@@ -276,23 +297,29 @@ impl Bpftrace {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
-        let out = fs::read_to_string(&self.out).unwrap_or_default();
-        let (mut events, mut lost) = (0, 0);
-        for line in out.lines() {
-            match line.split(' ').next() {
-                Some("exec" | "open" | "connect" | "exit") => events += 1,
-                Some("Lost") => {
-                    lost += line
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0)
-                }
-                _ => {}
-            }
-        }
-        Ok((events, lost))
+        Ok(count_trace(
+            &fs::read_to_string(&self.out).unwrap_or_default(),
+        ))
     }
+}
+
+/// The event lines of the script's output, and the events bpftrace reported lost.
+fn count_trace(out: &str) -> (u64, u64) {
+    let (mut events, mut lost) = (0, 0);
+    for line in out.lines() {
+        let mut words = line.split(' ');
+        match words.next() {
+            Some("exec" | "open" | "connect" | "exit") => events += 1,
+            Some("Lost") => {
+                lost += words
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    (events, lost)
 }
 
 impl Drop for Bpftrace {
@@ -302,5 +329,51 @@ impl Drop for Bpftrace {
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line auditd 3.0.9 wrote in a benchmark run.
+    const EXECVE: &str = "type=SYSCALL msg=audit(1796024932.377:115587): arch=c000003e \
+        syscall=59 success=yes exit=0 a0=5576d15f4d60 a1=5576d15f4f40 a2=7ffe7642fc40 a3=8 \
+        items=2 ppid=5392 pid=5394 auid=4242 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 \
+        fsgid=0 tty=(none) ses=82 comm=\"custos-workload\" \
+        exe=\"/work/main/target/release/custos-workload\" key=\"custos-bench\"";
+
+    #[test]
+    fn execs_come_from_successful_execve_lines() {
+        assert_eq!(
+            exec_of(EXECVE),
+            Some((5394, "/work/main/target/release/custos-workload".to_owned()))
+        );
+        // Not `ppid`, not `auid`: whole field names only.
+        assert_eq!(audit_field(EXECVE, "pid").as_deref(), Some("5394"));
+        assert_eq!(audit_field(EXECVE, "uid").as_deref(), Some("0"));
+        assert_eq!(exec_of(&EXECVE.replace("success=yes", "success=no")), None);
+        assert_eq!(exec_of(&EXECVE.replace("syscall=59", "syscall=257")), None);
+        assert_eq!(
+            exec_of(&EXECVE.replace("syscall=59", "syscall=322")).map(|e| e.0),
+            Some(5394)
+        );
+    }
+
+    #[test]
+    fn hex_encoded_executables_are_decoded() {
+        // auditd hex-encodes a value with a space: "/tmp/a b".
+        let line = EXECVE.replace(
+            "exe=\"/work/main/target/release/custos-workload\"",
+            "exe=2F746D702F612062",
+        );
+        assert_eq!(exec_of(&line), Some((5394, "/tmp/a b".to_owned())));
+    }
+
+    #[test]
+    fn trace_output_counts_events_and_losses() {
+        let out = "Attaching 9 probes...\nexec 10 0 /bin/true\nopen 10 /etc/hostname\n\
+                   Lost 17 events\nconnect 10 3\nexit 10\nLost 3 events\n";
+        assert_eq!(count_trace(out), (4, 20));
     }
 }
