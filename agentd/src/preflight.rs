@@ -59,7 +59,7 @@ impl PreflightError {
             }
             PreflightError::Mountinfo(_) => "is /proc mounted?",
             PreflightError::Mount { .. } => {
-                "mount it by hand, or check that agentd runs with CAP_SYS_ADMIN"
+                "mount it before agentd starts (the systemd unit waits for systemd's mounts), or give agentd CAP_SYS_ADMIN"
             }
         }
     }

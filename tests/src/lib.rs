@@ -346,11 +346,25 @@ impl Agentd {
     /// Starts agentd in `dirs` (which may hold an earlier run's log) and waits for its start
     /// record.
     pub fn start_in(dirs: &Dirs, config: &str, args: &[&str]) -> Self {
+        Self::start_via(dirs, config, &[], args)
+    }
+
+    /// Like [`Agentd::start_in`], with agentd run by `launcher` (a program and its arguments,
+    /// which then execs agentd: `setpriv ...` to run it with a service's privileges).
+    pub fn start_via(dirs: &Dirs, config: &str, launcher: &[String], args: &[&str]) -> Self {
         let config_path = write_config(dirs, config);
         let events = dirs.events();
         // Records of this run start after whatever the export already holds.
         let before = std::fs::metadata(&events).map_or(0, |m| m.len());
-        let child = Command::new(agentd_path())
+        let mut command = match launcher.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(agentd_path());
+                command
+            }
+            None => Command::new(agentd_path()),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .arg("--events")

@@ -205,7 +205,10 @@ fn the_kernel_refuses_the_programs() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("Operation not permitted"), "{err}");
-    assert!(err.contains("hint: agentd needs root (CAP_BPF"), "{err}");
+    assert!(
+        err.contains("hint: agentd needs root with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"),
+        "{err}"
+    );
 }
 
 /// Whoever reads agentd's diagnostics may go away (a closed pipe, a restarted journal): agentd

@@ -118,7 +118,14 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 /// Programs the end-to-end tests run: (program, Debian package).
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[("dnsmasq", "dnsmasq-base"), ("ip", "iproute2")];
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    ("dnsmasq", "dnsmasq-base"),
+    ("ip", "iproute2"),
+    // The deployment tests: `systemd-analyze verify` and running agentd with the unit's
+    // privileges.
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+];
 
 fn system_packages() -> anyhow::Result<()> {
     install_packages(SYSTEM_PACKAGES, "the end-to-end tests")

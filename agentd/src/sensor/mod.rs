@@ -208,7 +208,7 @@ impl SensorError {
                 "agentd needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (/sys/kernel/btf/vmlinux)",
             ),
             SensorError::Program { .. } | SensorError::Object(_) => Some(
-                "agentd needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_NET_ADMIN); a kernel in \
+                "agentd needs root with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (CAP_SYS_ADMIN before Linux 5.8); a kernel in \
                  lockdown 'confidentiality' mode or an LSM policy can also refuse BPF programs",
             ),
             SensorError::MissingProgram(_) | SensorError::Map { .. } => {
