@@ -258,6 +258,14 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
         tracing::info!(policies = found, pins = %config.pin_dir.display(), "re-adopted the pinned maps of an earlier run");
     }
     let changes = egress.apply(&policies, BootClock::boot_now_ns())?;
+    egress.keep_quarantines_in(
+        config.state_dir.clone(),
+        registry
+            .agents()
+            .map(|(id, agent)| (id, agent.name.clone()))
+            .collect(),
+    );
+    let restored = egress.restore_quarantines();
     let (control, control_rx) = control::channel().map_err(|source| RunError::Io {
         what: "cannot create an eventfd".into(),
         source,
@@ -265,6 +273,21 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
     let records = Records::new();
     for change in &changes {
         control.send(records.policy_change(&registry, change, "start", None));
+    }
+    // A quarantine the maps had lost (they are new) is in force again, and logged as such.
+    for (agent, quarantine) in &restored {
+        let reason = format!(
+            "{} (put back after a restart with new maps; quarantined by {})",
+            quarantine.reason, quarantine.by
+        );
+        let by = crate::record::api::Requester {
+            caller: "agentd",
+            role: "daemon",
+            transport: "restart",
+            reason: &reason,
+        };
+        tracing::warn!(agent, reason = %quarantine.reason, "a saved quarantine is back in force");
+        control.send(records.containment(&registry, *agent, true, true, &by, None));
     }
 
     let loss_path = config.state_dir.join(format!("loss-{}", sensor.layout()));

@@ -887,3 +887,74 @@ allow = []
     );
     agentd.stop();
 }
+
+/// A quarantine outlives a restart that starts from new maps (an upgrade that changes their
+/// layout; here the maps' pins are removed between runs): agentd puts it back from its state
+/// directory and logs that it did. Without that file it would be gone, which the last run shows.
+#[test]
+fn quarantines_outlive_a_restart_with_new_maps() {
+    let id = unique("egress-held");
+    let held = Cgroup::create(&format!("{id}/held"));
+    let config = format!(
+        r#"
+[[agent]]
+name = "held"
+selectors = [{{ cgroup = "{id}/held" }}]
+"#
+    );
+    let dirs = Dirs::new();
+    let socket = dirs.socket();
+    let socket = socket.to_str().expect("utf-8").to_owned();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--socket", socket.as_str()];
+        all.extend_from_slice(args);
+        let (code, out) = custos_tests::agentctl(&all);
+        assert_eq!(code, 0, "agentctl {args:?}: {out}");
+        out
+    };
+    // A quarantined agent cannot reach DNS on loopback, the one loopback service it loses.
+    let dns_refused = || {
+        let (_, got) = run(Some(&held), &["udp:127.0.0.1:53"]);
+        got.first()
+            .is_some_and(|(_, outcome)| outcome.contains("EPERM"))
+    };
+    let drop_maps = || {
+        for entry in std::fs::read_dir(dirs.pins()).expect("pins").flatten() {
+            if entry.file_name().to_string_lossy().starts_with("maps-") {
+                std::fs::remove_dir_all(entry.path()).expect("remove the pinned maps");
+            }
+        }
+    };
+
+    let agentd = Agentd::start_in(&dirs, &config, &[]);
+    assert!(!dns_refused(), "refused before any quarantine");
+    ctl(&["quarantine", "held", "--reason", "incident 7"]);
+    assert!(dns_refused(), "the quarantine is not in force");
+    agentd.stop();
+    let saved = std::fs::read_to_string(dirs.state().join("quarantines.json")).expect("saved");
+    assert!(saved.contains("incident 7"), "{saved}");
+
+    // New maps: the quarantine comes back from the state directory, logged.
+    drop_maps();
+    let mut agentd = Agentd::start_in(&dirs, &config, &[]);
+    let back = agentd.wait_for("the quarantine put back", |r| {
+        r["kind"] == "containment.quarantine" && r["actor"]["user"]["name"] == "agentd"
+    });
+    let reason = back["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("incident 7") && reason.contains("put back after a restart"),
+        "{back}"
+    );
+    assert!(dns_refused(), "the quarantine was lost with the maps");
+    let agent: Value =
+        serde_json::from_str(ctl(&["agents", "held", "--json"]).trim()).expect("agent json");
+    assert_eq!(agent["containment"]["quarantined"], true, "{agent}");
+    agentd.stop();
+
+    // The same restart without the saved file: nothing brings it back.
+    drop_maps();
+    std::fs::remove_file(dirs.state().join("quarantines.json")).expect("remove the file");
+    let agentd = Agentd::start_in(&dirs, &config, &[]);
+    assert!(!dns_refused(), "a quarantine came back from nowhere");
+    agentd.stop();
+}

@@ -5,12 +5,14 @@
 //! - [`compile`]: policy → trie entries (pure).
 //! - [`addr`]: which addresses a DNS answer may pin.
 //! - [`kernel`]: the seam to the maps ([`kernel::EgressKernel`]).
-//! - [`state`]: policies in force, generations, pins.
+//! - [`state`]: policies in force, generations, pins, quarantines.
+//! - [`held`]: quarantines saved beside agentd's state, for restarts that start from new maps.
 //! - [`dns`]: DNS message handling (pure); [`resolver`]: the per-agent resolvers.
 
 pub mod addr;
 pub mod compile;
 pub mod dns;
+pub mod held;
 pub mod kernel;
 pub mod resolver;
 pub mod state;

@@ -234,6 +234,8 @@ pub struct EgressState<K> {
     versions: SharedVersions,
     /// Quarantined agents, with or without a policy.
     quarantines: BTreeMap<u32, Quarantine>,
+    /// Where the quarantines are saved, and every agent's name (see [`super::held`]).
+    journal: Option<(std::path::PathBuf, BTreeMap<u32, String>)>,
 }
 
 impl<K: EgressKernel> EgressState<K> {
@@ -249,6 +251,77 @@ impl<K: EgressKernel> EgressState<K> {
             leftovers: BTreeMap::new(),
             versions: SharedVersions::default(),
             quarantines: BTreeMap::new(),
+            journal: None,
+        }
+    }
+
+    /// From now on, saves the quarantines in `dir` whenever they change; `names` gives every
+    /// configured agent's name.
+    pub fn keep_quarantines_in(&mut self, dir: std::path::PathBuf, names: BTreeMap<u32, String>) {
+        self.journal = Some((dir, names));
+    }
+
+    /// Puts back the quarantines saved by an earlier run that the kernel maps no longer hold
+    /// (they were rebuilt), and gives those the kernel kept their saved reason. Returns the
+    /// ones put back. Quarantines of agents no longer configured are dropped, and named in the
+    /// diagnostics.
+    pub fn restore_quarantines(&mut self) -> Vec<(u32, Quarantine)> {
+        let Some((dir, names)) = self.journal.clone() else {
+            return Vec::new();
+        };
+        let saved = match super::held::load(&dir) {
+            Ok(saved) => saved,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the saved quarantines: only those the kernel maps kept are in force");
+                return Vec::new();
+            }
+        };
+        let mut restored = Vec::new();
+        for held in saved {
+            let Some((&agent, _)) = names.iter().find(|(_, name)| **name == held.agent) else {
+                tracing::warn!(agent = %held.agent, "a saved quarantine names an agent no longer configured: dropped");
+                continue;
+            };
+            let quarantine = Quarantine {
+                reason: held.reason,
+                by: held.by,
+                since_ms: held.since_ms,
+            };
+            match self.quarantines.get_mut(&agent) {
+                // The kernel kept it: only the details come from the file.
+                Some(kept) => *kept = quarantine,
+                None => match self.set_quarantine(agent, Some(quarantine.clone())) {
+                    Ok(_) => restored.push((agent, quarantine)),
+                    Err(err) => {
+                        tracing::error!(agent = %held.agent, %err, "cannot put a saved quarantine back in the kernel");
+                    }
+                },
+            }
+        }
+        self.save_quarantines();
+        restored
+    }
+
+    /// Writes the quarantines to the journal, if there is one. A failure is logged: the kernel
+    /// flag, which is what enforces, is already set.
+    fn save_quarantines(&self) {
+        let Some((dir, names)) = &self.journal else {
+            return;
+        };
+        let held: Vec<super::held::Held> = self
+            .quarantines
+            .iter()
+            .filter_map(|(agent, q)| {
+                Some(super::held::Held {
+                    agent: names.get(agent)?.clone(),
+                    reason: q.reason.clone(),
+                    by: q.by.clone(),
+                    since_ms: q.since_ms,
+                })
+            })
+            .collect();
+        if let Err(err) = super::held::save(dir, &held) {
+            tracing::error!(dir = %dir.display(), %err, "cannot save the quarantines: they hold until agentd's maps are rebuilt");
         }
     }
 
@@ -360,6 +433,7 @@ impl<K: EgressKernel> EgressState<K> {
             Some(q) => self.quarantines.insert(agent, q),
             None => self.quarantines.remove(&agent),
         };
+        self.save_quarantines();
         Ok(true)
     }
 
