@@ -155,6 +155,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let mut pipeline_task = tokio::task::spawn_blocking(move || pipeline.run(&flag));
+    crate::notify::notify("READY=1");
     // However this function ends (a panic included), the pipeline thread is told to stop:
     // the runtime waits for it before the process can exit.
     let _stop_pipeline = StopOnDrop(Arc::clone(&shutdown));
@@ -172,10 +173,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Stats, RunError>
             }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: stopping");
+                crate::notify::notify("STOPPING=1");
                 shutdown.store(true, Ordering::Relaxed);
             }
             _ = interrupt.recv() => {
                 tracing::info!("SIGINT: stopping");
+                crate::notify::notify("STOPPING=1");
                 shutdown.store(true, Ordering::Relaxed);
             }
         }
@@ -265,7 +268,7 @@ fn start(config: Config, options: &RunOptions) -> Result<Started, RunError> {
             .map(|(id, agent)| (id, agent.name.clone()))
             .collect(),
     );
-    let restored = egress.restore_quarantines();
+    let restored = egress.restore_quarantines(!sensor.adopted(), &sensor.previous_quarantines());
     let (control, control_rx) = control::channel().map_err(|source| RunError::Io {
         what: "cannot create an eventfd".into(),
         source,

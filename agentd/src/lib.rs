@@ -31,6 +31,7 @@ pub mod identity;
 pub mod json;
 pub mod log;
 pub mod loss;
+pub mod notify;
 pub mod output;
 pub mod pipeline;
 pub mod preflight;

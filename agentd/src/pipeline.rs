@@ -540,21 +540,19 @@ impl Core {
                 start_ns: p.start_ns,
             })
             .collect();
-        // The table trails the kernel by what is still in the ring buffer: a process forked a
-        // moment ago is in the kernel's binding map first (its fork hook writes it), and must
-        // not make its cgroup look shared.
+        // Who owns a process: the kernel's binding map first (the fork hook writes it, so it
+        // knows a child forked a moment ago, which the table learns only from the ring), when
+        // its start time matches the live process; the table otherwise.
         let owner = |pid: u32| {
-            self.procs
-                .get(pid)
-                .map(|p| p.binding.agent.agent_id)
-                .or_else(|| {
-                    let binding = self.maps.bindings.get(&pid, 0).ok()?;
-                    process_start_matches(Member {
-                        pid,
-                        start_ns: binding.start_ns,
-                    })
-                    .then_some(binding.agent.agent_id)
+            if let Ok(binding) = self.maps.bindings.get(&pid, 0)
+                && process_start_matches(Member {
+                    pid,
+                    start_ns: binding.start_ns,
                 })
+            {
+                return Some(binding.agent.agent_id);
+            }
+            self.procs.get(pid).map(|p| p.binding.agent.agent_id)
         };
         let result = match action.step {
             Step::Alert => return Outcome::NotDone,

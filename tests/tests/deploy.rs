@@ -3,7 +3,7 @@
 //! - `deploy/systemd/agentd.service` passes `systemd-analyze verify` without one diagnostic,
 //!   and the same check fails on a broken copy (so it can fail).
 //! - The real agentd does its job inside the unit's privileges: started through `setpriv` with
-//!   exactly the unit's capability bounding set, no-new-privileges and secure bits, it binds an
+//!   exactly the unit's capability bounding set and no-new-privileges, it binds an
 //!   agent, enforces its allowlist in the kernel, serves the API (a quarantine and a release) and
 //!   keeps its key private. Without any one of CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN it
 //!   refuses to start, with a reason, so the bounding set really binds and holds nothing spare
@@ -110,14 +110,46 @@ fn unit_privileges(without: &[&str]) -> Vec<String> {
         .collect();
     assert!(caps.len() >= 5, "the bounding set looks wrong: {caps:?}");
     assert_eq!(unit_value(&unit, "NoNewPrivileges"), "yes");
-    assert_eq!(unit_value(&unit, "SecureBits"), "noroot-locked");
     vec![
         "setpriv".to_owned(),
         format!("--bounding-set=-all,{}", caps.join(",")),
         "--inh-caps=-all".to_owned(),
         "--no-new-privs".to_owned(),
-        "--securebits=+noroot_locked".to_owned(),
     ]
+}
+
+/// The capability mask (as in `/proc/PID/status`) of the unit's bounding set.
+fn unit_capability_mask() -> u64 {
+    // include/uapi/linux/capability.h
+    let number = |name: &str| match name {
+        "CAP_CHOWN" => 0,
+        "CAP_DAC_OVERRIDE" => 1,
+        "CAP_DAC_READ_SEARCH" => 2,
+        "CAP_FOWNER" => 3,
+        "CAP_KILL" => 5,
+        "CAP_NET_BIND_SERVICE" => 10,
+        "CAP_NET_ADMIN" => 12,
+        "CAP_SYS_PTRACE" => 19,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => panic!("add {other} to the test's table"),
+    };
+    unit_value(&unit_text(), "CapabilityBoundingSet")
+        .split_whitespace()
+        .fold(0, |mask, cap| mask | 1u64 << number(cap))
+}
+
+/// A field of `/proc/PID/status`.
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field}"))
+        .trim()
+        .to_owned()
 }
 
 fn free_port() -> u16 {
@@ -164,18 +196,11 @@ allow = [{{ cidr = "127.0.0.1", ports = "{allowed}", protocol = "tcp" }}]
     );
     let dirs = Dirs::new();
     let mut agentd = Agentd::start_via(&dirs, &config, &unit_privileges(&[]), &[]);
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", agentd.pid())).expect("agentd's status");
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .expect("CapBnd")
-        .trim()
-        .to_owned();
-    assert_ne!(
-        bounding, "000001ffffffffff",
-        "setpriv did not narrow the bounding set"
-    );
+    // Exactly the unit's capabilities, and no way to gain more.
+    let mask = format!("{:016x}", unit_capability_mask());
+    assert_eq!(status_field(agentd.pid(), "CapBnd"), mask);
+    assert_eq!(status_field(agentd.pid(), "CapEff"), mask);
+    assert_eq!(status_field(agentd.pid(), "NoNewPrivs"), "1");
 
     // Identity and enforcement, in the kernel.
     let (pid, outcomes) = connect(&cgroup, &[allowed, other]);
@@ -244,8 +269,49 @@ fn without_each_start_capability_agentd_refuses_and_says_why() {
             "agentd started without {cap}:\n{stderr}"
         );
         assert!(
-            stderr.contains("error:"),
+            stderr.contains("error:") && stderr.contains("hint: agentd needs root with CAP_BPF"),
             "without {cap}, no reason given:\n{stderr}"
         );
     }
+}
+
+/// Under `Type=notify`, systemd waits for READY=1: agentd sends it once it is ready (its start
+/// record written, the API serving), and STOPPING=1 when told to stop.
+#[test]
+fn agentd_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    assert_eq!(unit_value(&unit_text(), "Type"), "notify");
+    let dirs = Dirs::new();
+    let notify_dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = notify_dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    let config = dirs.path().join("agentd.toml");
+    std::fs::write(&config, with_private_paths(&dirs, "")).expect("config");
+    let mut child = Command::new(agentd_path())
+        .arg("--config")
+        .arg(&config)
+        .arg("--events")
+        .arg(dirs.events())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agentd");
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within a minute");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means ready: the start record is already in the export.
+    let events = std::fs::read_to_string(dirs.events()).expect("events");
+    assert!(
+        events.contains("\"kind\":\"agentd.start\""),
+        "not ready yet"
+    );
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().expect("wait").success());
 }

@@ -889,8 +889,10 @@ allow = []
 }
 
 /// A quarantine outlives a restart that starts from new maps (an upgrade that changes their
-/// layout; here the maps' pins are removed between runs): agentd puts it back from its state
-/// directory and logs that it did. Without that file it would be gone, which the last run shows.
+/// layout; here the maps' pins are removed or renamed between runs): agentd puts it back from
+/// its state directory, or from the earlier run's maps when there is no file (an upgrade from
+/// a release that kept none), and logs that it did. With neither it would be gone, which the
+/// last run shows.
 #[test]
 fn quarantines_outlive_a_restart_with_new_maps() {
     let id = unique("egress-held");
@@ -951,7 +953,33 @@ selectors = [{{ cgroup = "{id}/held" }}]
     assert_eq!(agent["containment"]["quarantined"], true, "{agent}");
     agentd.stop();
 
-    // The same restart without the saved file: nothing brings it back.
+    // An upgrade from a release that saved no file: the earlier run's maps (another layout,
+    // still pinned) hold the quarantine, and it is carried over from them.
+    for entry in std::fs::read_dir(dirs.pins()).expect("pins").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("maps-") {
+            std::fs::rename(entry.path(), dirs.pins().join("maps-00000000000000ff"))
+                .expect("give the maps another layout's name");
+        }
+    }
+    std::fs::remove_file(dirs.state().join("quarantines.json")).expect("remove the file");
+    let mut agentd = Agentd::start_in(&dirs, &config, &[]);
+    let carried = agentd.wait_for("the quarantine carried over", |r| {
+        r["kind"] == "containment.quarantine" && r["actor"]["user"]["name"] == "agentd"
+    });
+    assert!(
+        carried["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("earlier run's maps")),
+        "{carried}"
+    );
+    assert!(dns_refused(), "the quarantine was lost in the upgrade");
+    agentd.stop();
+    assert!(
+        !dirs.pins().join("maps-00000000000000ff").exists(),
+        "the earlier maps were not retired"
+    );
+
+    // The same restart with neither the file nor earlier maps: nothing brings it back.
     drop_maps();
     std::fs::remove_file(dirs.state().join("quarantines.json")).expect("remove the file");
     let agentd = Agentd::start_in(&dirs, &config, &[]);

@@ -8,8 +8,8 @@
 //! round by round, each tool started before and stopped after its run, so slow drifts of a
 //! shared machine fall on every variant alike. Reported: the medians, over rounds, of the
 //! workload's wall time and of the machine's CPU time (the workload, the tool's daemon and
-//! the kernel's work for both, until one second after the workload ends), and their ratios to
-//! the bare run of the same round.
+//! the kernel's work for both, until one second after the workload ends, or later if auditd
+//! is still writing its backlog), and their ratios to the bare run of the same round.
 //!
 //! Execs: agentd and auditd record one run of the workload together; the sets of (pid,
 //! executable) they logged must be equal.
@@ -105,10 +105,7 @@ impl Watcher {
                 let tally = daemon.stop()?;
                 (tally.records, tally.lost)
             }
-            Watcher::Auditd(auditd) => {
-                auditd.drain(Duration::from_secs(10));
-                (auditd.recorded()?, 0)
-            }
+            Watcher::Auditd(auditd) => (auditd.recorded()?, 0),
             Watcher::Bpftrace(bpftrace) => bpftrace.stop()?,
         })
     }
@@ -147,9 +144,15 @@ pub fn overhead(root: &Path, rounds: usize, children: u32) -> anyhow::Result<Val
             let tool0 = watcher.pid().map_or(0, cpu_ticks);
             let busy0 = workload::machine_busy();
             let (run, _) = workload::run(root, &cgroup, &args)?;
-            thread::sleep(SETTLE);
-            let machine_cpu = (workload::machine_busy() - busy0).as_secs_f64();
-            let tool_cpu = (watcher.pid().map_or(0, cpu_ticks) - tool0) as f64 / 100.0;
+            // The tool's work on the workload counts until it is done: auditd may still be
+            // writing its backlog after SETTLE.
+            let settle = std::time::Instant::now();
+            if let Watcher::Auditd(auditd) = &watcher {
+                auditd.drain(Duration::from_secs(30));
+            }
+            thread::sleep(SETTLE.saturating_sub(settle.elapsed()));
+            let machine_cpu = workload::machine_busy().saturating_sub(busy0).as_secs_f64();
+            let tool_cpu = watcher.pid().map_or(0, cpu_ticks).saturating_sub(tool0) as f64 / 100.0;
             let (recorded, lost) = watcher.stop()?;
             samples.entry(variant).or_default().push(Sample {
                 wall: run.wall.as_secs_f64(),
@@ -162,7 +165,9 @@ pub fn overhead(root: &Path, rounds: usize, children: u32) -> anyhow::Result<Val
         }
         println!("round {} of {rounds} done", round + 1);
     }
-    let auditd_lost = Auditd::lost().unwrap_or(0) - auditd_lost_before;
+    let auditd_lost = Auditd::lost()
+        .unwrap_or(0)
+        .saturating_sub(auditd_lost_before);
     let _ = fs::remove_dir(&cgroup);
 
     // Ratios are taken round by round against that round's bare run, then the median; the
@@ -250,7 +255,7 @@ pub fn execs(root: &Path, children: u32) -> anyhow::Result<Value> {
     workload::run(root, &cgroup, &workload::mixed(root, children, port))?;
     auditd.drain(Duration::from_secs(10));
     thread::sleep(Duration::from_secs(2));
-    let audit_lost = Auditd::lost()? - lost0;
+    let audit_lost = Auditd::lost()?.saturating_sub(lost0);
     let by_auditd = auditd.execs()?;
     drop(auditd);
     let events = daemon.events();

@@ -89,7 +89,7 @@ fn agentd_step(root: &Path, cgroup: &Path, rate: u64, seconds: u64) -> anyhow::R
     let (run, outs) = workload::run_many(root, cgroup, &open_rate(rate, seconds))?;
     let rss_load_kb = busy.join().unwrap_or(0);
     thread::sleep(Duration::from_secs(1));
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
+    let cpu = cpu_ticks(pid).saturating_sub(cpu0) as f64 / 100.0;
     let tally = daemon.stop()?;
     Ok(Step {
         rate,
@@ -112,10 +112,13 @@ fn auditd_step(root: &Path, cgroup: &Path, rate: u64, seconds: u64) -> anyhow::R
     let rss_idle_kb = status_kb(pid, "VmRSS:");
     let lost0 = Auditd::lost()?;
     let cpu0 = cpu_ticks(pid);
-    let (run, outs) = workload::run_many(root, cgroup, &open_rate(rate, seconds))?;
+    let start = std::time::Instant::now();
+    let (_, outs) = workload::run_many(root, cgroup, &open_rate(rate, seconds))?;
     auditd.drain(Duration::from_secs(30));
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
-    let lost = Auditd::lost()? - lost0;
+    // auditd's CPU over the whole time it worked: the run and the drain after it.
+    let busy_for = start.elapsed().as_secs_f64();
+    let cpu = cpu_ticks(pid).saturating_sub(cpu0) as f64 / 100.0;
+    let lost = Auditd::lost()?.saturating_sub(lost0);
     // Opens only (the rules record execs and connects too), read as a stream: the log of a
     // fast step is gigabytes.
     let log = fs::File::open(auditd.log()).context("opening audit.log")?;
@@ -139,7 +142,7 @@ fn auditd_step(root: &Path, cgroup: &Path, rate: u64, seconds: u64) -> anyhow::R
         offered: offered(&outs)?,
         recorded,
         lost,
-        cpu_percent: cpu / run.wall.as_secs_f64() * 100.0,
+        cpu_percent: cpu / busy_for * 100.0,
         rss_idle_kb,
         rss_load_kb,
         ring_kb: 0,

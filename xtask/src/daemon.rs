@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -86,15 +86,16 @@ pub(crate) struct Daemon {
     pins: PathBuf,
 }
 
-/// A benchmark that fails half-way must not leave agentd running (its pins are removed too).
+/// A benchmark that fails half-way must not leave agentd running, nor its programs attached
+/// (they would trace the next measurement): agentd is stopped if it runs, and its pins go.
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
             let _ = self.child.wait();
-            let _ = fs::remove_dir_all(&self.pins);
         }
+        let _ = fs::remove_dir_all(&self.pins);
     }
 }
 
@@ -150,21 +151,21 @@ impl Daemon {
             .spawn()
             .context("starting agentd")?;
         let stderr = child.stderr.take().context("agentd stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("agentd ready") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("agentd did not start"),
+        // From here on, a failure drops the Daemon, which stops agentd and removes its pins.
+        let daemon = Self { child, dir, pins };
+        // Read on a thread, which keeps draining its messages so it never blocks on a full pipe.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("agentd ready") {
+                    let _ = ready_tx.send(());
+                }
             }
-            if Instant::now() > deadline {
-                bail!("agentd did not start within a minute");
-            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            bail!("agentd did not start within a minute");
         }
-        // Keep draining its messages so it never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Ok(Self { child, dir, pins })
+        Ok(daemon)
     }
 
     /// The records' JSON-lines export (with `export`).
@@ -188,6 +189,9 @@ impl Daemon {
         self.child.wait()?;
         // agentd leaves its programs attached (fail closed); the benchmark takes them away.
         let _ = fs::remove_dir_all(&self.pins);
+        if !self.child.try_wait()?.is_some_and(|s| s.success()) {
+            bail!("agentd did not stop cleanly");
+        }
         let mut tally = Tally::default();
         for entry in fs::read_dir(self.dir.join("log"))?.flatten() {
             if entry.path().extension().is_some_and(|e| e == "seg") {

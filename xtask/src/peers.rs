@@ -60,6 +60,8 @@ pub(crate) struct Auditd {
     /// `auditctl -s` `enabled` before the benchmark, restored after.
     was_enabled: u64,
     backlog_limit: u64,
+    /// `auditctl -s` `failure` before, restored after.
+    failure: u64,
 }
 
 impl Auditd {
@@ -73,8 +75,18 @@ impl Auditd {
                  rules while it runs, so stop it first (`systemctl stop auditd` or kill it)"
             );
         }
+        // Rules stay loaded after their daemon stops; the benchmark would delete them, and they
+        // would also be measured in every variant.
+        let rules = util::output(Command::new("auditctl").arg("-l")).unwrap_or_default();
+        if rules.trim() != "No rules" {
+            bail!(
+                "audit rules are loaded (`auditctl -l`): the benchmark replaces them, so save \
+                 them (`auditctl -l > rules.txt`) and delete them (`auditctl -D`) first"
+            );
+        }
         let was_enabled = audit_status("enabled")?;
         let backlog_before = audit_status("backlog_limit")?;
+        let failure_before = audit_status("failure")?;
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir)?;
         // Debian's defaults, but with the log here and no rotation inside a run, so every record
@@ -101,6 +113,7 @@ impl Auditd {
             dir: dir.to_owned(),
             was_enabled,
             backlog_limit: backlog_before,
+            failure: failure_before,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while audit_status("pid")? != auditd.child.id() as u64 {
@@ -145,7 +158,8 @@ impl Auditd {
     }
 
     /// Waits until auditd has written everything the kernel queued (the backlog is empty and the
-    /// log has stopped growing), at most `limit`.
+    /// log has stopped growing), at most `limit`; says so when it had to give up, because what
+    /// is still queued then counts as not recorded.
     pub(crate) fn drain(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         let mut size = 0;
@@ -157,6 +171,7 @@ impl Auditd {
             }
             size = now;
         }
+        println!("warning: auditd had not written everything after {limit:?}");
     }
 
     /// The log's syscall records of the benchmark's rules (one per audited call).
@@ -226,6 +241,7 @@ impl Drop for Auditd {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = auditctl(&["-b", &self.backlog_limit.to_string()]);
+        let _ = auditctl(&["-f", &self.failure.to_string()]);
         let _ = auditctl(&["-e", &self.was_enabled.to_string()]);
     }
 }

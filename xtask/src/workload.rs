@@ -59,11 +59,18 @@ pub(crate) fn run_many(
     let start = Instant::now();
     let mut running = Vec::new();
     for args in workers {
-        running.push(spawn(root, cgroup, args)?);
+        match spawn(root, cgroup, args) {
+            Ok(worker) => running.push(worker),
+            Err(err) => {
+                kill_all(&mut running);
+                return Err(err);
+            }
+        }
     }
     let mut cpu = Duration::ZERO;
     let mut outs = Vec::new();
-    for (mut child, reader) in running {
+    while !running.is_empty() {
+        let (mut child, reader) = running.remove(0);
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -72,10 +79,12 @@ pub(crate) fn run_many(
         if waited < 0 {
             let err = std::io::Error::last_os_error();
             let _ = child.kill();
+            kill_all(&mut running);
             bail!("waiting for the workload: {err}");
         }
         let status = ExitStatus::from_raw(status);
         if !status.success() {
+            kill_all(&mut running);
             bail!("the workload failed: {status}");
         }
         let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
@@ -89,6 +98,14 @@ pub(crate) fn run_many(
         },
         outs,
     ))
+}
+
+/// Stops and reaps the workers still running, so none outlives a failed measurement.
+fn kill_all(running: &mut Vec<(std::process::Child, thread::JoinHandle<String>)>) {
+    for (mut child, _) in running.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Starts one workload process in `cgroup` with the workload login uid, and a thread reading
@@ -152,7 +169,7 @@ pub(crate) fn mixed(root: &Path, children: u32, port: u16) -> Vec<String> {
     ]
 }
 
-/// Busy time of the whole machine (all CPUs, everything but idle and I/O wait), from
+/// Busy time of the whole machine (all CPUs, everything but idle, I/O wait and steal), from
 /// `/proc/stat`.
 pub(crate) fn machine_busy() -> Duration {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -163,8 +180,9 @@ pub(crate) fn machine_busy() -> Duration {
         .split_whitespace()
         .skip(1)
         .enumerate()
-        // user nice system idle iowait irq softirq steal
-        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+        // user nice system idle iowait irq softirq steal: not idle, iowait, nor steal (time the
+        // hypervisor gave other guests).
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6))
         .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum();
     // SAFETY: sysconf has no preconditions.

@@ -79,7 +79,21 @@ pub fn load(dir: &Path) -> Result<Vec<Held>, HeldError> {
     Ok(saved.quarantines)
 }
 
-/// Replaces the file in `dir` with `held` (atomically, mode 0600).
+/// Moves an unreadable file aside (`quarantines.json.bad-<ms>`), so the next save does not
+/// overwrite what an operator may still recover from it. Returns where it went.
+pub fn set_aside(dir: &Path) -> std::path::PathBuf {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let aside = dir.join(format!("{FILE}.bad-{ms}"));
+    if let Err(err) = fs::rename(dir.join(FILE), &aside) {
+        tracing::error!(%err, "cannot move the unreadable quarantine file aside");
+    }
+    aside
+}
+
+/// Replaces the file in `dir` with `held` (atomically and durably, mode 0600).
 pub fn save(dir: &Path, held: &[Held]) -> io::Result<()> {
     let text = serde_json::to_vec_pretty(&Saved {
         format: FORMAT,
@@ -90,7 +104,9 @@ pub fn save(dir: &Path, held: &[Held]) -> io::Result<()> {
     fs::write(&tmp, text)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
     fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, dir.join(FILE))
+    fs::rename(&tmp, dir.join(FILE))?;
+    // The rename itself must survive a power cut, or a released quarantine could come back.
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -234,8 +234,19 @@ pub struct EgressState<K> {
     versions: SharedVersions,
     /// Quarantined agents, with or without a policy.
     quarantines: BTreeMap<u32, Quarantine>,
-    /// Where the quarantines are saved, and every agent's name (see [`super::held`]).
-    journal: Option<(std::path::PathBuf, BTreeMap<u32, String>)>,
+    /// Where the quarantines are saved (see [`super::held`]).
+    journal: Option<Journal>,
+}
+
+/// Where the quarantines are saved, and what saving needs.
+#[derive(Debug, Clone)]
+struct Journal {
+    dir: std::path::PathBuf,
+    /// Every configured agent's name.
+    names: BTreeMap<u32, String>,
+    /// Saved quarantines not in force (their agent is not configured, or putting them back
+    /// failed): kept in the file for a later run or an operator.
+    dormant: Vec<super::held::Held>,
 }
 
 impl<K: EgressKernel> EgressState<K> {
@@ -258,70 +269,115 @@ impl<K: EgressKernel> EgressState<K> {
     /// From now on, saves the quarantines in `dir` whenever they change; `names` gives every
     /// configured agent's name.
     pub fn keep_quarantines_in(&mut self, dir: std::path::PathBuf, names: BTreeMap<u32, String>) {
-        self.journal = Some((dir, names));
+        self.journal = Some(Journal {
+            dir,
+            names,
+            dormant: Vec::new(),
+        });
     }
 
-    /// Puts back the quarantines saved by an earlier run that the kernel maps no longer hold
-    /// (they were rebuilt), and gives those the kernel kept their saved reason. Returns the
-    /// ones put back. Quarantines of agents no longer configured are dropped, and named in the
-    /// diagnostics.
-    pub fn restore_quarantines(&mut self) -> Vec<(u32, Quarantine)> {
-        let Some((dir, names)) = self.journal.clone() else {
+    /// Reconciles the quarantines with those saved by an earlier run, once at start.
+    ///
+    /// With adopted maps (`new_maps` false) the kernel is the truth: saved details (reason,
+    /// operator) go to the quarantines it kept, and a saved one it does not hold was released
+    /// just before a crash. With new maps, the saved quarantines and those in an earlier run's
+    /// maps (`previous`, which also covers a run that saved none) are put back in the kernel.
+    /// Saved quarantines of agents no longer configured, or that cannot be put back, stay in
+    /// the file. Returns the quarantines put back.
+    pub fn restore_quarantines(
+        &mut self,
+        new_maps: bool,
+        previous: &[u32],
+    ) -> Vec<(u32, Quarantine)> {
+        let Some(journal) = self.journal.as_mut() else {
             return Vec::new();
         };
-        let saved = match super::held::load(&dir) {
+        let saved = match super::held::load(&journal.dir) {
             Ok(saved) => saved,
             Err(err) => {
-                tracing::error!(%err, "cannot read the saved quarantines: only those the kernel maps kept are in force");
-                return Vec::new();
+                let aside = super::held::set_aside(&journal.dir);
+                tracing::error!(%err, aside = %aside.display(), "the saved quarantines cannot be read: moved aside; only those in the kernel maps are in force");
+                Vec::new()
             }
         };
+        let names = journal.names.clone();
         let mut restored = Vec::new();
+        let mut dormant = Vec::new();
         for held in saved {
             let Some((&agent, _)) = names.iter().find(|(_, name)| **name == held.agent) else {
-                tracing::warn!(agent = %held.agent, "a saved quarantine names an agent no longer configured: dropped");
+                tracing::warn!(agent = %held.agent, "a saved quarantine names an agent not configured: kept in the file, not in force");
+                dormant.push(held);
                 continue;
             };
             let quarantine = Quarantine {
-                reason: held.reason,
-                by: held.by,
+                reason: held.reason.clone(),
+                by: held.by.clone(),
                 since_ms: held.since_ms,
             };
-            match self.quarantines.get_mut(&agent) {
-                // The kernel kept it: only the details come from the file.
-                Some(kept) => *kept = quarantine,
-                None => match self.set_quarantine(agent, Some(quarantine.clone())) {
+            if let Some(kept) = self.quarantines.get_mut(&agent) {
+                *kept = quarantine;
+            } else if new_maps {
+                match self.set_quarantine(agent, Some(quarantine.clone())) {
                     Ok(_) => restored.push((agent, quarantine)),
                     Err(err) => {
-                        tracing::error!(agent = %held.agent, %err, "cannot put a saved quarantine back in the kernel");
+                        tracing::error!(agent = %held.agent, %err, "cannot put a saved quarantine back in the kernel: kept in the file");
+                        dormant.push(held);
                     }
-                },
+                }
+            } else {
+                tracing::info!(agent = %held.agent, "a saved quarantine the kernel no longer holds was released: dropped");
             }
+        }
+        if new_maps {
+            for &agent in previous {
+                if self.quarantines.contains_key(&agent) {
+                    continue;
+                }
+                let quarantine = Quarantine {
+                    reason: "quarantined in an earlier run's maps".into(),
+                    by: "an earlier run".into(),
+                    since_ms: 0,
+                };
+                match self.set_quarantine(agent, Some(quarantine.clone())) {
+                    Ok(_) => restored.push((agent, quarantine)),
+                    Err(err) => {
+                        tracing::error!(agent, %err, "cannot carry a quarantine over to the new maps");
+                    }
+                }
+            }
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.dormant = dormant;
         }
         self.save_quarantines();
         restored
     }
 
-    /// Writes the quarantines to the journal, if there is one. A failure is logged: the kernel
-    /// flag, which is what enforces, is already set.
+    /// Writes the quarantines (and the dormant ones) to the journal, if there is one. A
+    /// failure is logged: the kernel flag, which is what enforces, is already set.
     fn save_quarantines(&self) {
-        let Some((dir, names)) = &self.journal else {
+        let Some(journal) = &self.journal else {
             return;
         };
-        let held: Vec<super::held::Held> = self
-            .quarantines
-            .iter()
-            .filter_map(|(agent, q)| {
-                Some(super::held::Held {
-                    agent: names.get(agent)?.clone(),
-                    reason: q.reason.clone(),
-                    by: q.by.clone(),
-                    since_ms: q.since_ms,
-                })
-            })
-            .collect();
-        if let Err(err) = super::held::save(dir, &held) {
-            tracing::error!(dir = %dir.display(), %err, "cannot save the quarantines: they hold until agentd's maps are rebuilt");
+        let mut held: Vec<super::held::Held> = Vec::new();
+        for (agent, q) in &self.quarantines {
+            let Some(name) = journal.names.get(agent) else {
+                tracing::warn!(
+                    agent,
+                    "a quarantine of an agent not configured cannot be saved by name"
+                );
+                continue;
+            };
+            held.push(super::held::Held {
+                agent: name.clone(),
+                reason: q.reason.clone(),
+                by: q.by.clone(),
+                since_ms: q.since_ms,
+            });
+        }
+        held.extend(journal.dormant.iter().cloned());
+        if let Err(err) = super::held::save(&journal.dir, &held) {
+            tracing::error!(dir = %journal.dir.display(), %err, "cannot save the quarantines: they hold until agentd's maps are rebuilt");
         }
     }
 

@@ -607,6 +607,44 @@ impl Sensor {
         }
     }
 
+    /// The agents quarantined in the maps of an earlier run with another layout (still pinned
+    /// until [`Sensor::retire_previous`]): an upgrade that changes the maps must not lift a
+    /// quarantine, including one set before agentd kept them in its state directory. A map
+    /// whose key or value has another size is skipped, with a warning.
+    pub fn previous_quarantines(&self) -> Vec<u32> {
+        let mut quarantined = Vec::new();
+        for entry in std::fs::read_dir(&self.pins.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with("maps-") || entry.path() == self.pins.maps {
+                continue;
+            }
+            let path = entry.path().join(names::AGENT_POLICY);
+            let policies = aya::maps::MapData::from_pin(&path)
+                .map(aya::maps::Map::HashMap)
+                .and_then(HashMap::<MapData, u32, AgentPolicy>::try_from);
+            match policies {
+                Ok(policies) => quarantined.extend(
+                    policies
+                        .iter()
+                        .flatten()
+                        .filter(|(_, policy)| policy.quarantined != 0)
+                        .map(|(agent, _)| agent),
+                ),
+                Err(err) if path.exists() => {
+                    tracing::warn!(path = %path.display(), %err, "cannot read an earlier run's quarantines");
+                }
+                Err(_) => {}
+            }
+        }
+        quarantined.sort_unstable();
+        quarantined.dedup();
+        quarantined
+    }
+
     /// The attached programs and their targets.
     pub fn attached(&self) -> &[Attached] {
         &self.attached

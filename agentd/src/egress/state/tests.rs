@@ -465,3 +465,84 @@ fn quarantine_holds_with_and_without_a_policy_and_across_reloads() {
     assert_eq!(next.kernel().policies[&A].quarantined, 0);
     assert!(!next.kernel().policies.contains_key(&B));
 }
+
+fn journalled(kernel: FakeKernel, dir: &std::path::Path) -> EgressState<FakeKernel> {
+    let mut s = state(kernel);
+    s.keep_quarantines_in(
+        dir.to_owned(),
+        BTreeMap::from([(A, "alpha".to_owned()), (B, "beta".to_owned())]),
+    );
+    s
+}
+
+#[test]
+fn saved_quarantines_come_back_only_into_new_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = journalled(FakeKernel::default(), dir.path());
+    first.set_quarantine(A, quarantine("op")).unwrap();
+    // A quarantine of an agent since removed from the configuration stays in the file.
+    crate::egress::held::save(
+        dir.path(),
+        &[
+            crate::egress::held::Held {
+                agent: "alpha".into(),
+                reason: "why".into(),
+                by: "op".into(),
+                since_ms: 1,
+            },
+            crate::egress::held::Held {
+                agent: "gone".into(),
+                reason: "old".into(),
+                by: "op".into(),
+                since_ms: 2,
+            },
+        ],
+    )
+    .unwrap();
+
+    // New maps: alpha is put back; B, quarantined in the earlier run's maps, too.
+    let mut fresh = journalled(FakeKernel::default(), dir.path());
+    let back = fresh.restore_quarantines(true, &[B]);
+    assert_eq!(back.iter().map(|(a, _)| *a).collect::<Vec<_>>(), vec![A, B]);
+    assert_eq!(fresh.kernel().policies[&A].quarantined, 1);
+    assert_eq!(fresh.kernel().policies[&B].quarantined, 1);
+    assert_eq!(fresh.quarantine_of(A).unwrap().reason, "why");
+    let saved = crate::egress::held::load(dir.path()).unwrap();
+    assert!(saved.iter().any(|h| h.agent == "gone"), "{saved:?}");
+    assert!(saved.iter().any(|h| h.agent == "beta"), "{saved:?}");
+
+    // Adopted maps: the kernel is the truth. Release B in the kernel only (as if agentd died
+    // before saving): the file's B is dropped, not put back.
+    let mut kernel = fresh.kernel().clone();
+    kernel.policies.remove(&B);
+    let mut adopted = journalled(kernel, dir.path());
+    adopted.adopt();
+    let back = adopted.restore_quarantines(false, &[]);
+    assert!(back.is_empty(), "{back:?}");
+    assert!(adopted.quarantine_of(B).is_none());
+    assert_eq!(
+        adopted.quarantine_of(A).unwrap().reason,
+        "why",
+        "details from the file"
+    );
+    let saved = crate::egress::held::load(dir.path()).unwrap();
+    assert!(!saved.iter().any(|h| h.agent == "beta"), "{saved:?}");
+}
+
+#[test]
+fn an_unreadable_journal_is_moved_aside_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(crate::egress::held::FILE), "{not json").unwrap();
+    let mut s = journalled(FakeKernel::default(), dir.path());
+    assert!(s.restore_quarantines(true, &[]).is_empty());
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(aside[0].path()).unwrap(),
+        "{not json"
+    );
+}
