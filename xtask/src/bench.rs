@@ -90,20 +90,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         setup::bench_tools()?;
     }
     let root = util::workspace_root();
+    // agentd and its examples (log_bench, api_bench); the tests' workload binary.
     util::run(util::cargo().current_dir(&root).args([
         "build",
         "--release",
         "-p",
         "agentd",
-        "--bins",
-        "--examples",
-    ]))?;
-    util::run(util::cargo().current_dir(&root).args([
-        "build",
-        "--release",
         "-p",
         "custos-tests",
         "--bins",
+        "--examples",
     ]))?;
     let mut results = serde_json::Map::new();
     for name in what {

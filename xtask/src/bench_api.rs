@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::daemon::{Daemon, cgroup2_root};
+use crate::{daemon::Daemon, util::cgroup2_root};
 
 /// How long each measurement's workload runs.
 const LOAD_SECONDS: u64 = 4;

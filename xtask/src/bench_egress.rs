@@ -13,10 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    daemon::{Daemon, cgroup2_root},
-    util::median,
-};
+use crate::{daemon::Daemon, util::cgroup2_root, util::median};
 
 /// Rounds per variant (variants alternate within a round).
 const ROUNDS: usize = 7;

@@ -26,8 +26,9 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
-    daemon::{Daemon, cgroup2_root, cpu_ticks},
+    daemon::{Daemon, cpu_ticks},
     peers::{Auditd, Bpftrace},
+    util::cgroup2_root,
     util::median,
     workload,
 };

@@ -16,8 +16,9 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
-    daemon::{Daemon, bpf_mapped_kb, cgroup2_root, cpu_ticks, status_kb},
+    daemon::{Daemon, bpf_mapped_kb, cpu_ticks, status_kb},
     peers::{AUDIT_KEY, Auditd},
+    util::cgroup2_root,
     workload,
 };
 

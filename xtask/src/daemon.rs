@@ -67,18 +67,6 @@ pub(crate) fn bpf_mapped_kb(pid: u32) -> u64 {
     total
 }
 
-pub(crate) fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup v2 mount")
-}
-
 /// A running agentd for a benchmark, in a scratch directory.
 pub(crate) struct Daemon {
     child: Child,

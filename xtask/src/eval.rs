@@ -29,8 +29,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
-    daemon::{Daemon, cgroup2_root},
+    daemon::Daemon,
     setup,
+    util::cgroup2_root,
     util::{self, median},
 };
 

@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -23,20 +23,6 @@ pub struct Options {
     /// Report every process on the host, not only the demo agent.
     #[arg(long)]
     host_wide: bool,
-}
-
-/// The cgroup v2 mount point, from mountinfo.
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup v2 file system is mounted")
 }
 
 const EVENTS: &str = "/var/lib/custos/events.jsonl";
@@ -79,7 +65,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .current_dir(&root)
             .args(["build", "--release", "-p", "agentd"]),
     )?;
-    let cgroup = cgroup2_root()?.join("custos.slice/demo.scope");
+    let cgroup = util::cgroup2_root()?.join("custos.slice/demo.scope");
     fs::create_dir_all(&cgroup).with_context(|| format!("cannot create {}", cgroup.display()))?;
 
     let since = fs::metadata(EVENTS).map(|m| m.len()).unwrap_or(0);
