@@ -61,7 +61,7 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const WAKE: Duration = Duration::from_millis(5);
 
 /// After this many polls in a row found the ring empty (100 ms), agentd sleeps until a record
-/// wakes it, so an idle agentd does not poll.
+/// wakes it (or the next [`TICK`]), so an idle agentd wakes 4 times a second, not 200.
 const QUIET_POLLS: u32 = 20;
 /// Records handled between commits.
 const DRAIN_BATCH: usize = 4096;
@@ -373,8 +373,10 @@ impl Pipeline {
     /// while records flow (the programs do not wake agentd for each one), up to [`TICK`] when
     /// `asleep`, with the programs told to wake it on the next record.
     ///
-    /// No record can slip between the flag and the sleep: one submitted before the programs
-    /// see the flag is already in the ring, and `poll` returns at once for a non-empty ring.
+    /// A record submitted before the programs see the flag is already in the ring, and `poll`
+    /// returns at once for a non-empty ring. The flag's store and the ring's position are not
+    /// ordered by a barrier, so in a rare interleaving a record may wait for the next tick
+    /// ([`TICK`]); it is never lost.
     fn wait(&mut self, asleep: bool) -> Result<(), PipelineError> {
         if asleep {
             self.set_asleep(true);

@@ -23,7 +23,9 @@ use crate::{
 /// with `cargo xtask bench overhead`, about a tenth of a short process's time. While records
 /// flow, agentd polls the ring every few milliseconds (`pipeline::WAKE`); once it has found the
 /// ring empty for a while it sets [`READER`] and sleeps until a record wakes it, so an idle
-/// agentd costs nothing and the first record after a lull is not delayed.
+/// agentd costs almost nothing and the first record after a lull is not delayed. A flag left
+/// set by an agentd killed while asleep makes every record wake a reader that is not there
+/// (the kernel's default cost) until the next agentd clears it at start.
 #[inline(always)]
 pub fn submit_flags() -> u64 {
     if READER.get(0).is_some_and(|asleep| *asleep != 0) {
